@@ -1,0 +1,3 @@
+"""Protocol interop transcoding gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""Composition root: wires the hub, the RTMP server and the HTTP server from a ``Config``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .config import Config
+from .hub.stream import Hub
+from .servers import http, rtmp
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class Gateway:
+    """A running gateway; ``rtmp_port``/``http_port`` are the bound ports (useful with port 0)."""
+
+    config: Config
+    hub: Hub
+    rtmp_server: asyncio.Server
+    http_runner: web.AppRunner
+    rtmp_port: int
+    http_port: int
+
+    async def close(self) -> None:
+        self.rtmp_server.close()
+        self.hub.close()
+        await self.http_runner.cleanup()
+        await self.rtmp_server.wait_closed()
+
+
+async def start(config: Config) -> Gateway:
+    hub = Hub()
+    rtmp_server = await rtmp.serve(hub, config.host, config.rtmp_port, config.limits,
+                                   config.miniprogram_apps, config.max_message_size)
+    runner = web.AppRunner(http.make_app(hub, config.limits), handler_cancellation=True,
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.http_port, backlog=4096)
+    await site.start()
+    rtmp_port = rtmp_server.sockets[0].getsockname()[1]
+    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    log.info("gateway listening: rtmp=%s:%d http=%s:%d", config.host, rtmp_port, config.host,
+             http_port)
+    return Gateway(config, hub, rtmp_server, runner, rtmp_port, http_port)
+
+
+async def run(config: Config) -> None:
+    """Serve until SIGINT/SIGTERM, then end every stream cleanly."""
+    gw = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # pragma: no cover - non-POSIX
+            pass
+    await stop.wait()
+    log.info("shutting down")
+    await gw.close()

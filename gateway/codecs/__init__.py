@@ -1,0 +1,1 @@
+"""Sans-I/O codec bitstream helpers shared by every ingest and egress (H.264, AAC)."""

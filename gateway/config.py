@@ -1,0 +1,64 @@
+"""Gateway configuration: embedded defaults, optionally overridden by a TOML file and CLI flags.
+
+Every key is optional; ``gateway serve`` with no file runs on these defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .hub.fanout import Limits
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class Config:
+    host: str = "0.0.0.0"
+    rtmp_port: int = 1935
+    http_port: int = 8080
+    log_level: str = "info"
+    # A publisher or player is classified ``miniprogram`` when its RTMP app is one of these,
+    # or when its URL carries ``?client=miniprogram`` (see README).
+    miniprogram_apps: list[str] = field(default_factory=lambda: ["miniprogram"])
+    matrix_dir: str = ""  # empty: the matrix shipped with the gateway
+    limits: Limits = field(default_factory=Limits)
+    max_message_size: int = 16 << 20  # largest RTMP message accepted from a peer
+
+
+def _apply(obj: Any, data: dict[str, Any], where: str) -> None:
+    names = {f.name: f for f in fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if isinstance(current, Limits):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a table")
+            _apply(current, value, f"{where}.{key}")
+            continue
+        expected = type(current)
+        if expected is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
+        setattr(obj, key, value)
+
+
+def load(path: str | Path | None = None, **overrides: Any) -> Config:
+    """Defaults, then the TOML file's ``[gateway]`` table (or top level), then non-None overrides."""
+    cfg = Config()
+    if path:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{p}: {e}") from e
+        _apply(cfg, data.get("gateway", data), str(p))
+    _apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    return cfg

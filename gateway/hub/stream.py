@@ -1,0 +1,179 @@
+"""The stream hub: live streams keyed ``app/stream``, one publisher each, frame GOP cache, sinks.
+
+A *sink* is anything that consumes a stream's frames: an output format with its viewers (RTMP,
+FLV), later a transcoding variant. Sinks are created on demand by key (``Stream.sink``) so that
+every viewer needing the same output shares one, and removed when their last viewer leaves.
+The hub never knows which protocol a frame came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from ..media import Frame, StreamInfo, Track
+
+log = logging.getLogger(__name__)
+
+
+class HubError(Exception):
+    """A request the hub refuses; ``str()`` is the reason shown to the client."""
+
+
+class StreamBusy(HubError):
+    pass
+
+
+class StreamNotFound(HubError):
+    pass
+
+
+class Sink(Protocol):
+    def on_track(self, track: Track) -> None: ...
+    def on_metadata(self, metadata: dict[str, object]) -> None: ...
+    def on_frame(self, frame: Frame) -> None: ...
+    def on_end(self, reason: str) -> None: ...
+
+
+S = TypeVar("S", bound=Sink)
+
+MAX_GOP_FRAMES = 3000  # ~100 s at 30 fps; a source without keyframes must not grow memory
+MAX_GOP_BYTES = 32 << 20
+
+
+class Stream:
+    """One live stream. Frames in from the publisher, out to every sink, GOP kept for late joiners."""
+
+    def __init__(self, key: str, info: StreamInfo, publisher: str) -> None:
+        self.key = key
+        self.info = info
+        self.publisher = publisher
+        self.sinks: dict[object, Sink] = {}
+        self.gop: list[Frame] = []
+        self._gop_bytes = 0
+        self.ended = False
+        self.frames_in = 0
+        self.bytes_in = 0
+
+    @property
+    def tracks(self) -> dict[str, Track]:
+        return self.info.tracks
+
+    @property
+    def has_video(self) -> bool:
+        return "video" in self.info.tracks
+
+    # -- publisher side ------------------------------------------------------------------
+
+    def set_track(self, track: Track) -> None:
+        """A new or changed codec configuration; sinks get it before the next frame."""
+        self.info.tracks[track.kind] = track
+        for sink in list(self.sinks.values()):
+            sink.on_track(track)
+
+    def set_metadata(self, metadata: dict[str, object]) -> None:
+        self.info.metadata = dict(metadata)
+        for sink in list(self.sinks.values()):
+            sink.on_metadata(self.info.metadata)
+
+    def push(self, frame: Frame) -> None:
+        self.frames_in += 1
+        self.bytes_in += len(frame.data)
+        self._remember(frame)
+        for sink in list(self.sinks.values()):
+            sink.on_frame(frame)
+
+    def _remember(self, frame: Frame) -> None:
+        if not self.has_video:
+            self.gop = [frame]  # audio only: any packet is a valid start
+            self._gop_bytes = len(frame.data)
+            return
+        if frame.keyframe and frame.track.kind == "video":
+            self.gop = [frame]
+            self._gop_bytes = len(frame.data)
+            return
+        if not self.gop:
+            return  # no keyframe yet: nothing decodable to cache
+        if len(self.gop) >= MAX_GOP_FRAMES or self._gop_bytes > MAX_GOP_BYTES:
+            log.warning("%s: GOP cache over %d frames / %d bytes, cleared until next keyframe",
+                        self.key, MAX_GOP_FRAMES, MAX_GOP_BYTES)
+            self.gop = []
+            self._gop_bytes = 0
+            return
+        self.gop.append(frame)
+        self._gop_bytes += len(frame.data)
+
+    # -- consumer side -------------------------------------------------------------------
+
+    def sink(self, key: object, factory: Callable[[Stream], S]) -> S:
+        """The shared sink for ``key``, created (and primed with the GOP cache) on first use."""
+        sink = self.sinks.get(key)
+        if sink is None:
+            sink = factory(self)
+            self.sinks[key] = sink
+            log.debug("%s: sink %r started", self.key, key)
+        return sink  # type: ignore[return-value]
+
+    def drop_sink(self, key: object) -> None:
+        if self.sinks.pop(key, None) is not None:
+            log.debug("%s: sink %r stopped", self.key, key)
+
+    def end(self, reason: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        sinks, self.sinks = list(self.sinks.values()), {}
+        for sink in sinks:
+            try:
+                sink.on_end(reason)
+            except Exception:  # one broken sink must not keep the others from ending
+                log.exception("%s: sink failed while ending", self.key)
+        self.gop = []
+
+
+class Hub:
+    """Registry of live streams; the only place that decides who may publish which key."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, Stream] = {}
+        self._listeners: list[Callable[[str, Stream], None]] = []
+
+    def publish(self, key: str, info: StreamInfo, publisher: str) -> Stream:
+        current = self.streams.get(key)
+        if current is not None and not current.ended:
+            raise StreamBusy(f"stream {key} is already being published by {current.publisher}")
+        stream = Stream(key, info, publisher)
+        self.streams[key] = stream
+        log.info("%s: published by %s (%s)", key, publisher, info.protocol)
+        self._notify("publish", stream)
+        return stream
+
+    def unpublish(self, stream: Stream, reason: str = "publisher left") -> None:
+        if self.streams.get(stream.key) is stream:
+            del self.streams[stream.key]
+        if not stream.ended:
+            log.info("%s: unpublished: %s", stream.key, reason)
+            stream.end(reason)
+            self._notify("unpublish", stream)
+
+    def get(self, key: str) -> Stream:
+        stream = self.streams.get(key)
+        if stream is None or stream.ended:
+            raise StreamNotFound(f"stream {key} not found")
+        return stream
+
+    def subscribe(self, listener: Callable[[str, Stream], None]) -> None:
+        """Hub events (``publish``/``unpublish``), e.g. for CDN push or the HTTP API."""
+        self._listeners.append(listener)
+
+    def _notify(self, event: str, stream: Stream) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, stream)
+            except Exception:
+                log.exception("hub listener failed on %s %s", event, stream.key)
+
+    def close(self, reason: str = "gateway shutting down") -> None:
+        for stream in list(self.streams.values()):
+            self.unpublish(stream, reason)

@@ -1,0 +1,44 @@
+"""FLV byte stream output (HTTP-FLV and WS-FLV viewers share the tags, each framing once)."""
+
+from __future__ import annotations
+
+from ..media import Frame, Track
+from ..protocols import flv
+from . import tags
+from .base import Output
+
+TAG_AUDIO, TAG_VIDEO, TAG_SCRIPT = 8, 9, 18
+
+
+class FlvOutput(Output):
+    format_name = "flv"
+
+    def carries(self, track: Track) -> bool:
+        return tags.carries(track)
+
+    def _script(self) -> bytes:
+        meta = tags.metadata(self.stream.tracks, self.stream.info.metadata)
+        return flv.encode_tag(TAG_SCRIPT, 0, flv.script_tag_body("onMetaData", meta))
+
+    def header_bytes(self) -> bytes:
+        tracks = {k: t for k, t in self.stream.tracks.items() if self.carries(t)}
+        parts = [flv.FLV_HEADER("audio" in tracks, "video" in tracks), self._script()]
+        for kind, tag_type in (("video", TAG_VIDEO), ("audio", TAG_AUDIO)):
+            t = tracks.get(kind)
+            if t is not None and t.config:
+                parts.append(flv.encode_tag(tag_type, 0, tags.config_body(t)))
+        return b"".join(parts)
+
+    def track_bytes(self, track: Track) -> bytes:
+        body = tags.config_body(track)
+        if not body:
+            return b""
+        ts = self.stream.gop[-1].dts_ms() if self.stream.gop else 0
+        return flv.encode_tag(TAG_VIDEO if track.kind == "video" else TAG_AUDIO, ts, body)
+
+    def metadata_bytes(self) -> bytes:
+        return self._script()
+
+    def frame_bytes(self, frame: Frame) -> bytes:
+        tag_type = TAG_VIDEO if frame.track.kind == "video" else TAG_AUDIO
+        return flv.encode_tag(tag_type, frame.dts_ms() & 0xFFFFFFFF, tags.frame_body(frame))

@@ -1,0 +1,1 @@
+"""Network sessions (asyncio) wrapping the sans-I/O protocol cores."""

@@ -1,0 +1,143 @@
+"""HTTP server (aiohttp): HTTP-FLV and WS-FLV playback, stream list API; later WHIP/WHEP, jsmpeg.
+
+A viewer's body is written straight to its transport with bytes framed once per batch for all
+viewers (HTTP chunks / WebSocket frames, see ``hub.fanout``); aiohttp only does the handshake
+and the end of the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from aiohttp import WSMsgType, web
+
+from ..hub.fanout import Limits, Viewer, http_chunk, ws_binary
+from ..hub.stream import Hub, HubError, Stream
+from ..outputs.flv import FlvOutput
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9_.~-]{1,128}$")
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link, ETag",
+}
+
+HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+LIMITS: web.AppKey[Limits] = web.AppKey("limits", Limits)
+
+
+def _key(request: web.Request) -> str:
+    app, name = request.match_info["app"], request.match_info["name"]
+    if not NAME.match(app) or not NAME.match(name):
+        raise web.HTTPBadRequest(text=f"invalid stream path {app}/{name}\n", headers=CORS)
+    return f"{app}/{name}"
+
+
+def _stream(request: web.Request) -> Stream:
+    key = _key(request)
+    try:
+        return request.app[HUB].get(key)
+    except HubError as e:
+        raise web.HTTPNotFound(text=f"{e}\n", headers=CORS) from None
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
+async def flv(request: web.Request) -> web.StreamResponse:
+    stream = _stream(request)
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await _ws_flv(request, stream)
+    transport = request.transport
+    assert transport is not None
+    resp = web.StreamResponse(headers={**CORS, "Content-Type": "video/x-flv",
+                                       "Cache-Control": "no-cache"})
+    resp.enable_chunked_encoding()
+    resp.force_close()
+    await resp.prepare(request)
+    await resp.write(b"")  # puts the status line and headers on the wire before raw body bytes
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    viewer = Viewer(transport, f"http-flv {_peer(request)}", lambda r: _resolve(done, r))
+    output = stream.sink("flv", lambda s: FlvOutput(s, "flv", request.app[LIMITS]))
+    fanout = output.add_viewer("http", http_chunk, viewer)
+    log.info("http-flv %s: playing %s", _peer(request), stream.key)
+    reason = "left"
+    try:
+        reason = await done
+    finally:
+        output.remove_viewer(fanout, viewer)
+    if not transport.is_closing():
+        if reason.startswith(("write buffer", "behind")):
+            transport.abort()
+        else:
+            await resp.write_eof()
+    return resp
+
+
+async def _ws_flv(request: web.Request, stream: Stream) -> web.StreamResponse:
+    ws = web.WebSocketResponse(compress=False, max_msg_size=1 << 16)
+    await ws.prepare(request)
+    transport = request.transport
+    assert transport is not None
+    ended: list[str] = []
+
+    def on_end(reason: str) -> None:
+        ended.append(reason)
+        if not ws.closed:
+            asyncio.ensure_future(ws.close(message=reason[:100].encode()))
+
+    viewer = Viewer(transport, f"ws-flv {_peer(request)}", on_end)
+    output = stream.sink("flv", lambda s: FlvOutput(s, "flv", request.app[LIMITS]))
+    fanout = output.add_viewer("ws", ws_binary, viewer)
+    log.info("ws-flv %s: playing %s", _peer(request), stream.key)
+    try:
+        async for msg in ws:  # only control traffic is expected; this notices the close
+            if msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        output.remove_viewer(fanout, viewer)
+    return ws
+
+
+def _resolve(fut: asyncio.Future[str], reason: str) -> None:
+    if not fut.done():
+        fut.set_result(reason)
+
+
+async def streams(request: web.Request) -> web.Response:
+    """Live streams with their tracks and viewer counts, for operators."""
+    out = []
+    for key, s in request.app[HUB].streams.items():
+        out.append({
+            "key": key,
+            "protocol": s.info.protocol,
+            "publisher": s.publisher,
+            "tracks": {k: {n: v for n, v in t.params().items() if v not in (0, "", 0.0)}
+                       for k, t in s.tracks.items()},
+            "frames_in": s.frames_in,
+            "bytes_in": s.bytes_in,
+            "outputs": {str(k): sum(len(f.viewers) for f in getattr(o, "fanouts", {}).values())
+                        for k, o in s.sinks.items()},
+        })
+    return web.json_response({"streams": out}, headers=CORS)
+
+
+async def options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=CORS)
+
+
+def make_app(hub: Hub, limits: Limits) -> web.Application:
+    app = web.Application()
+    app[HUB] = hub
+    app[LIMITS] = limits
+    app.router.add_get("/api/streams", streams)
+    app.router.add_get("/{app}/{name}.flv", flv)
+    app.router.add_route("OPTIONS", "/{tail:.*}", options)
+    return app

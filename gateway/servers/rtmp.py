@@ -1,0 +1,203 @@
+"""RTMP server sessions (``rtmp`` and ``miniprogram``): asyncio transport around the sans-I/O core.
+
+One ``RtmpSession`` per TCP connection. Publishing feeds the hub through ``FlvIngest``; playing
+attaches the connection's transport to the stream's shared ``RtmpOutput`` fan-out, so the bytes a
+player receives were chunked once for all players.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..hub.fanout import Fanout, Limits, Viewer, identity
+from ..hub.stream import Hub, HubError, Stream
+from ..ingest.flv import FlvIngest, IngestError
+from ..media import StreamInfo
+from ..outputs.rtmp import CHUNK_SIZE, PLAY_STREAM_ID, RtmpOutput
+from ..protocols.rtmp import connection as rc
+from ..protocols.rtmp.errors import RtmpError
+
+log = logging.getLogger(__name__)
+
+MSG_AUDIO, MSG_VIDEO = 8, 9
+
+
+def classify(app: str, query: dict[str, str], miniprogram_apps: list[str]) -> str:
+    """The matrix protocol of an RTMP session: ``miniprogram`` by app name or ``?client=``."""
+    if query.get("client") == "miniprogram" or app in miniprogram_apps:
+        return "miniprogram"
+    return "rtmp"
+
+
+def stream_key(app: str, name: str) -> str:
+    return f"{app}/{name}"
+
+
+class RtmpSession(asyncio.Protocol):
+    def __init__(self, hub: Hub, limits: Limits, miniprogram_apps: list[str],
+                 max_message_size: int) -> None:
+        self.hub = hub
+        self.limits = limits
+        self.miniprogram_apps = miniprogram_apps
+        self.max_message_size = max_message_size
+        self.transport: asyncio.Transport | None = None
+        self.conn: rc.ServerConnection | None = None
+        self.peer = "?"
+        self.app = ""
+        self.query: dict[str, str] = {}
+        self.stream: Stream | None = None  # published
+        self.ingest: FlvIngest | None = None
+        self.publish_id = 0
+        self.play: tuple[RtmpOutput, Fanout, Viewer] | None = None
+        self.closed = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.conn = rc.ServerConnection(chunk_size_out=CHUNK_SIZE,
+                                        max_message_size=self.max_message_size)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.conn is None:
+            return
+        try:
+            for event in self.conn.receive_data(data):
+                self._handle(event)
+        except (RtmpError, IngestError) as e:
+            log.warning("rtmp %s: %s; closing connection", self.peer, e)
+            self._flush()
+            self._close(abort=True)
+            return
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._stop_publish("publisher disconnected")
+        self._stop_play("connection closed")
+
+    # -- events --------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self.conn is not None and self.transport is not None:
+            out = self.conn.data_to_send()
+            if out:
+                self.transport.write(out)
+
+    def _handle(self, ev: object) -> None:
+        if isinstance(ev, rc.MediaReceived):
+            if self.ingest is not None and ev.stream_id == self.publish_id:
+                if ev.type_id == MSG_VIDEO:
+                    self.ingest.video(ev.timestamp, ev.payload)
+                elif ev.type_id == MSG_AUDIO:
+                    self.ingest.audio(ev.timestamp, ev.payload)
+        elif isinstance(ev, rc.DataReceived):
+            if self.ingest is not None:
+                self.ingest.metadata(ev.values)
+        elif isinstance(ev, rc.Connected):
+            self.app = ev.app
+            self.query = dict(ev.query)
+            log.info("rtmp %s: connect app=%s", self.peer, ev.app)
+        elif isinstance(ev, rc.PublishRequested):
+            self._publish(ev)
+        elif isinstance(ev, rc.PlayRequested):
+            self._play(ev)
+        elif isinstance(ev, rc.PublishStopped):
+            if ev.stream_id == self.publish_id:
+                self._stop_publish("publisher stopped")
+        elif isinstance(ev, rc.PlayStopped):
+            self._stop_play("player stopped")
+
+    def _publish(self, ev: rc.PublishRequested) -> None:
+        assert self.conn is not None
+        key = stream_key(self.app, ev.name)
+        if not ev.name or self.stream is not None:
+            self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName",
+                                     "empty stream name" if not ev.name else "already publishing")
+            return
+        protocol = classify(self.app, {**self.query, **ev.query}, self.miniprogram_apps)
+        try:
+            self.stream = self.hub.publish(key, StreamInfo(protocol), f"rtmp {self.peer}")
+        except HubError as e:
+            log.warning("rtmp %s: publish %s refused: %s", self.peer, key, e)
+            self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName", str(e))
+            return
+        self.publish_id = ev.stream_id
+        self.ingest = FlvIngest(self.stream)
+        self.conn.accept_publish(ev.stream_id)
+
+    def _play(self, ev: rc.PlayRequested) -> None:
+        assert self.conn is not None and self.transport is not None
+        key = stream_key(self.app, ev.name)
+        if self.play is not None:
+            self._stop_play("replaced by a new play")
+        try:
+            stream = self.hub.get(key)
+        except HubError as e:
+            log.info("rtmp %s: play %s: %s", self.peer, key, e)
+            self.conn.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", str(e))
+            return
+        self.conn.accept_play(ev.stream_id)
+        self._flush()  # status messages must precede the media
+        output = stream.sink("rtmp", lambda s: RtmpOutput(s, "rtmp", self.limits))
+        protocol = classify(self.app, {**self.query, **ev.query}, self.miniprogram_apps)
+        viewer = Viewer(self.transport, f"rtmp {self.peer} ({protocol})", self._viewer_ended)
+        fanout = output.add_viewer("raw", identity, viewer)
+        self.play = (output, fanout, viewer)
+        log.info("rtmp %s: playing %s as %s", self.peer, key, protocol)
+
+    def _viewer_ended(self, reason: str) -> None:
+        """Called by the fan-out: stream ended, or this viewer fell too far behind."""
+        play, self.play = self.play, None
+        if self.closed or self.conn is None or self.transport is None:
+            return
+        if play is not None and play[0].stream.ended:
+            self.conn.send_status(PLAY_STREAM_ID, "status", "NetStream.Play.UnpublishNotify",
+                                  f"{play[0].stream.key} is now unpublished")
+            self.conn.send_status(PLAY_STREAM_ID, "status", "NetStream.Play.Stop",
+                                  f"stopped playing {play[0].stream.key}")
+            self.conn.send_stream_eof(PLAY_STREAM_ID)
+            self._flush()
+            self._close(abort=False)
+        elif reason not in ("left", "connection closed"):
+            self._close(abort=True)
+
+    # -- teardown ------------------------------------------------------------------------
+
+    def _stop_publish(self, reason: str) -> None:
+        stream, self.stream, self.ingest = self.stream, None, None
+        if stream is not None:
+            self.hub.unpublish(stream, reason)
+
+    def _stop_play(self, reason: str) -> None:
+        play, self.play = self.play, None
+        if play is not None:
+            output, fanout, viewer = play
+            viewer.on_end = _ignore
+            output.remove_viewer(fanout, viewer, "left")
+
+    def _close(self, abort: bool) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self._stop_publish("publisher connection closed")
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+
+def _ignore(reason: str) -> None:
+    pass
+
+
+async def serve(hub: Hub, host: str, port: int, limits: Limits, miniprogram_apps: list[str],
+                max_message_size: int) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    factory: Callable[[], RtmpSession] = lambda: RtmpSession(hub, limits, miniprogram_apps,
+                                                             max_message_size)
+    return await loop.create_server(factory, host, port, backlog=4096)
