@@ -520,6 +520,14 @@ def parse_avc_config(data: bytes) -> AvcConfig:
     )
 
 
+def _append_sets(out: bytearray, nals: Sequence[bytes], kind: int) -> None:
+    for nal in nals:
+        if not nal or nal[0] & 0x1F != kind or len(nal) > 0xFFFF:
+            raise H264Error(f"invalid parameter set NAL (expected type {kind})")
+        out += len(nal).to_bytes(2, "big")
+        out += nal
+
+
 def build_avc_config(sps: Sequence[bytes], pps: Sequence[bytes], nal_length_size: int = 4) -> bytes:
     """Build an AVCDecoderConfigurationRecord; profile/level come from the first SPS."""
     if not sps:
@@ -532,15 +540,9 @@ def build_avc_config(sps: Sequence[bytes], pps: Sequence[bytes], nal_length_size
     if len(first) < 4 or first[0] & 0x1F != NAL_SPS:
         raise H264Error("first SPS is not an SPS NAL")
     out = bytearray((1, first[1], first[2], first[3], 0xFC | (nal_length_size - 1), 0xE0 | len(sps)))
-    for nal, kind in [(s, NAL_SPS) for s in sps] + [(p, NAL_PPS) for p in pps]:
-        if kind == NAL_PPS and nal is pps[0]:
-            out.append(len(pps))
-        if not nal or nal[0] & 0x1F != kind or len(nal) > 0xFFFF:
-            raise H264Error("invalid parameter set NAL")
-        out += struct.pack(">H", len(nal))
-        out += nal
-    if not pps:
-        out.append(0)
+    _append_sets(out, sps, NAL_SPS)
+    out.append(len(pps))
+    _append_sets(out, pps, NAL_PPS)
     if first[1] in _AVCC_EXT_PROFILES:
         info = parse_sps(first)
         out += bytes(

@@ -1,0 +1,67 @@
+"""Read-back helpers for end-to-end tests: capture what the gateway serves and judge it with FFmpeg."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import FFMPEG, FFPROBE
+
+
+@dataclass
+class Probe:
+    codecs: dict[str, str]  # codec_type -> codec_name
+    video_dts: list[float]
+    video_pts: list[float]
+    audio_dts: list[float]
+    decode_errors: str
+    info: dict
+
+
+def probe(path: Path | str) -> Probe:
+    """Codecs, packet timestamps (ffprobe) and a full decode (ffmpeg -f null) of a capture."""
+    out = subprocess.run(
+        [FFPROBE, "-v", "error", "-show_streams", "-show_packets", "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    info = json.loads(out.stdout)
+    codecs = {s["codec_type"]: s["codec_name"] for s in info.get("streams", [])}
+    index = {s["index"]: s["codec_type"] for s in info.get("streams", [])}
+    vd, vp, ad = [], [], []
+    for p in info.get("packets", []):
+        kind = index.get(p["stream_index"])
+        if kind == "video":
+            vd.append(float(p.get("dts_time", "nan")))
+            vp.append(float(p.get("pts_time", "nan")))
+        elif kind == "audio":
+            ad.append(float(p.get("dts_time", "nan")))
+    dec = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "null", "-"],
+                         capture_output=True, text=True, timeout=120)
+    return Probe(codecs, vd, vp, ad, dec.stderr.strip() + ("" if dec.returncode == 0 else " (failed)"),
+                 info)
+
+
+def capture(url: str, out: Path, seconds: float = 3.0, timeout: float = 30.0) -> subprocess.CompletedProcess:
+    """The FFmpeg CLI as a player: remux ``seconds`` of the served stream into ``out``."""
+    return subprocess.run(
+        [FFMPEG, "-hide_banner", "-v", "error", "-y", "-i", url, "-t", str(seconds), "-c", "copy",
+         "-f", "flv", str(out)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_good(p: Probe, *, seconds: float, bframes: bool) -> None:
+    assert p.codecs == {"video": "h264", "audio": "aac"}, p.codecs
+    assert not p.decode_errors, p.decode_errors
+    assert len(p.video_dts) >= seconds * 30 * 0.8, f"only {len(p.video_dts)} video frames"
+    assert len(p.audio_dts) >= seconds * 43 * 0.8, f"only {len(p.audio_dts)} audio frames"
+    assert all(b > a for a, b in zip(p.video_dts, p.video_dts[1:])), "video dts not increasing"
+    assert all(b >= a for a, b in zip(p.audio_dts, p.audio_dts[1:])), "audio dts not monotonic"
+    reordered = sum(1 for d, q in zip(p.video_dts, p.video_pts) if q > d + 1e-6)
+    if bframes:
+        assert reordered > 0, "B-frame stream lost its composition times"
+        assert all(q >= d - 1e-6 for d, q in zip(p.video_dts, p.video_pts)), "pts before dts"
+    else:
+        assert reordered == 0
