@@ -1,0 +1,178 @@
+"""Hub and fan-out behaviour: GOP cache, shared bytes, bounded viewers, one publisher per key."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.hub.fanout import Fanout, Limits, Viewer, http_chunk, ws_binary
+from gateway.hub.stream import Hub, StreamBusy, StreamNotFound
+from gateway.media import Frame, StreamInfo, Track
+
+
+class FakeTransport:
+    """A peer whose socket buffer we control: ``backlog`` is what it has not yet read."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.backlog = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.backlog
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def viewer(t: FakeTransport, ends: list[str]) -> Viewer:
+    return Viewer(t, "test", ends.append)
+
+
+def test_batches_are_shared_objects_not_copies() -> None:
+    f = Fanout("s", limits=Limits(batch_interval=0))
+    a, b = FakeTransport(), FakeTransport()
+    f.add(viewer(a, []))
+    f.add(viewer(b, []))
+    f.push(b"key", keyframe=True, flush=True)
+    f.push(b"delta", flush=True)
+    assert a.writes[1:] == [b"key", b"delta"]
+    assert all(x is y for x, y in zip(a.writes[1:], b.writes[1:]))
+
+
+def test_new_viewer_gets_header_and_gop_from_latest_keyframe() -> None:
+    f = Fanout("s", limits=Limits(batch_interval=0))
+    f.set_header(b"H")
+    for i in range(3):
+        f.push(b"K%d" % i, keyframe=True, flush=True)
+        f.push(b"d%d" % i, flush=True)
+    t = FakeTransport()
+    f.add(viewer(t, []))
+    assert t.writes == [b"HK2d2"]
+
+
+def test_framing_applied_once_per_batch() -> None:
+    assert http_chunk(b"abc") == b"3\r\nabc\r\n"
+    assert ws_binary(b"x" * 5) == b"\x82\x05xxxxx"
+    assert ws_binary(b"x" * 300)[:4] == b"\x82\x7e\x01\x2c"
+    assert ws_binary(b"x" * 70000)[:2] == b"\x82\x7f"
+    f = Fanout("s", framing=http_chunk, limits=Limits(batch_interval=1))
+    f.add(viewer(FakeTransport(), []))
+    f.push(b"ab", keyframe=True)
+    f.push(b"cd")
+    f.flush()
+    assert f.initial() == b"4\r\nabcd\r\n"
+
+
+def test_slow_viewer_drops_to_next_keyframe_without_touching_others() -> None:
+    f = Fanout("s", limits=Limits(soft_limit=10, hard_limit=1000, batch_interval=0))
+    slow, fast = FakeTransport(), FakeTransport()
+    ends: list[str] = []
+    f.add(viewer(slow, ends))
+    f.add(viewer(fast, []))
+    f.push(b"K1", keyframe=True, flush=True)
+    slow.backlog = 50  # stops reading
+    f.push(b"d1", flush=True)
+    f.push(b"d2", flush=True)
+    slow.backlog = 0  # catches up: must resume at a keyframe, not mid-GOP
+    f.push(b"d3", flush=True)
+    f.push(b"K2", keyframe=True, flush=True)
+    f.push(b"d4", flush=True)
+    assert slow.writes[1:] == [b"K1", b"K2", b"d4"]
+    assert fast.writes[1:] == [b"K1", b"d1", b"d2", b"d3", b"K2", b"d4"]
+    assert not ends
+
+
+def test_persistently_slow_viewer_is_disconnected() -> None:
+    f = Fanout("s", limits=Limits(soft_limit=10, hard_limit=100, batch_interval=0))
+    t = FakeTransport()
+    ends: list[str] = []
+    f.add(viewer(t, ends))
+    f.push(b"K", keyframe=True, flush=True)
+    t.backlog = 500
+    f.push(b"K", keyframe=True, flush=True)
+    assert ends and "disconnected" in ends[0]
+    assert not f.viewers
+
+
+def test_viewer_behind_too_long_is_disconnected() -> None:
+    f = Fanout("s", limits=Limits(soft_limit=10, hard_limit=10**9, max_behind=0.0, batch_interval=0))
+    t = FakeTransport()
+    ends: list[str] = []
+    f.add(viewer(t, ends))
+    f.push(b"K", keyframe=True, flush=True)
+    t.backlog = 50
+    f.push(b"d", flush=True)  # now waiting for a keyframe
+    f.push(b"d", flush=True)  # still behind, past max_behind
+    assert ends and "behind" in ends[0]
+
+
+def test_gop_cache_is_bounded() -> None:
+    f = Fanout("s", limits=Limits(max_gop_bytes=10, batch_interval=0))
+    f.set_header(b"H")
+    f.push(b"K" * 5, keyframe=True, flush=True)
+    f.push(b"d" * 8, flush=True)  # past the bound: cache dropped
+    assert f.initial() == b"H"
+    t = FakeTransport()
+    f.add(viewer(t, []))
+    f.push(b"d", flush=True)
+    f.push(b"K", keyframe=True, flush=True)
+    assert t.writes == [b"H", b"K"]  # joined at the next keyframe, never mid-GOP
+
+
+def _tracks() -> tuple[Track, Track]:
+    return Track("video", "h264", b"cfg", width=2, height=2), Track("audio", "aac", b"\x12\x10")
+
+
+def test_hub_one_publisher_per_key_and_not_found() -> None:
+    hub = Hub()
+    s = hub.publish("live/a", StreamInfo("rtmp"), "p1")
+    with pytest.raises(StreamBusy, match="already being published"):
+        hub.publish("live/a", StreamInfo("rtmp"), "p2")
+    with pytest.raises(StreamNotFound):
+        hub.get("live/b")
+    hub.unpublish(s)
+    with pytest.raises(StreamNotFound):
+        hub.get("live/a")
+    hub.publish("live/a", StreamInfo("rtmp"), "p3")  # free again
+
+
+def test_stream_frame_gop_starts_at_latest_video_keyframe() -> None:
+    hub = Hub()
+    s = hub.publish("live/a", StreamInfo("rtmp"), "p")
+    v, a = _tracks()
+    s.set_track(v)
+    s.set_track(a)
+    s.push(Frame(a, b"a0", 0, 0, keyframe=True))  # before any video keyframe: not cached
+    assert s.gop == []
+    s.push(Frame(v, b"k", 0, 0, keyframe=True))
+    s.push(Frame(a, b"a1", 10, 10, keyframe=True))
+    s.push(Frame(v, b"p", 33, 33))
+    s.push(Frame(v, b"k2", 66, 66, keyframe=True))
+    assert [f.data for f in s.gop] == [b"k2"]
+
+
+def test_sink_shared_and_dropped() -> None:
+    hub = Hub()
+    s = hub.publish("live/a", StreamInfo("rtmp"), "p")
+    made: list[object] = []
+
+    class Sink:
+        def __init__(self, stream: object) -> None:
+            made.append(self)
+            self.ended = ""
+
+        def on_track(self, track: Track) -> None: ...
+        def on_metadata(self, metadata: dict[str, object]) -> None: ...
+        def on_frame(self, frame: Frame) -> None: ...
+
+        def on_end(self, reason: str) -> None:
+            self.ended = reason
+
+    x = s.sink("k", Sink)
+    y = s.sink("k", Sink)
+    assert x is y and len(made) == 1
+    hub.unpublish(s, "bye")
+    assert x.ended == "bye"
