@@ -376,12 +376,48 @@ class BuiltinPlaySession:
 
 
 class GatewayPlaySession:
-    """Adapter over the gateway's sans-I/O ``ClientConnection`` (filled in once it lands)."""
+    """Adapter over the gateway's sans-I/O ``ClientConnection`` (handshake, acks, pings inside).
+
+    ``media_prefix`` keeps media payload copies to a few bytes, as for the builtin client.
+    """
 
     def __init__(self, app: str, tc_url: str, name: str) -> None:
-        from gateway.protocols.rtmp import connection  # noqa: F401
+        from gateway.protocols.rtmp import connection as rc
 
-        raise NotImplementedError("gateway RTMP client adapter not written yet")
+        self.rc = rc
+        self.app, self.tc_url, self.name = app, tc_url, name
+        self.conn = rc.ClientConnection(media_prefix=ChunkReader.MEDIA_KEEP)
+
+    @property
+    def ack_window(self) -> int:
+        # the peer's Window Acknowledgement Size, for acks once the viewer only counts bytes
+        return int(getattr(self.conn, "_peer_window", 0) or 2_500_000)
+
+    def start(self) -> None:
+        self.conn.connect(self.app, self.tc_url)
+
+    def outgoing(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
+        rc = self.rc
+        events: list[tuple[Any, ...]] = []
+        for ev in self.conn.receive_data(data):
+            if isinstance(ev, rc.MediaReceived):
+                events.append((EV_MEDIA, ev.type_id, ev.timestamp, ev.payload))
+            elif isinstance(ev, rc.ConnectResult):
+                if not ev.success:
+                    return [(EV_ERROR, f"connect {ev.code}")]
+                self.conn.create_stream()
+            elif isinstance(ev, rc.StreamCreated):
+                self.conn.play(self.name, ev.stream_id, buffer_ms=3000)
+                events.append((EV_PLAY_SENT,))
+            elif isinstance(ev, rc.Status):
+                if ev.level == "error" or ev.code.endswith(("Failed", "StreamNotFound", "Rejected")):
+                    return [(EV_ERROR, f"status {ev.code}")]
+            elif isinstance(ev, rc.CommandResult) and not ev.success:
+                return [(EV_ERROR, f"{ev.method} failed")]
+        return events
 
 
 # =========================================================================== FLV (HTTP) side

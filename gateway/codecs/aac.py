@@ -10,23 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "AacError",
-    "AOT_AAC_MAIN",
-    "AOT_AAC_LC",
-    "AOT_SBR",
-    "AOT_PS",
-    "SAMPLE_RATES",
-    "AudioSpecificConfig",
-    "parse_asc",
-    "build_asc",
-    "AdtsHeader",
     "ADTS_HEADER_SIZE",
-    "parse_adts_header",
-    "strip_adts",
-    "split_adts",
-    "build_adts_header",
+    "AOT_AAC_LC",
+    "AOT_AAC_MAIN",
+    "AOT_PS",
+    "AOT_SBR",
+    "SAMPLE_RATES",
+    "AacError",
+    "AdtsHeader",
+    "AudioSpecificConfig",
     "adts_header_for",
     "asc_from_adts",
+    "build_adts_header",
+    "build_asc",
+    "parse_adts_header",
+    "parse_asc",
+    "split_adts",
+    "strip_adts",
 ]
 
 
@@ -52,7 +52,7 @@ ADTS_HEADER_SIZE = 7
 class _Bits:
     """MSB-first bit reader; running out of data is an ``AacError``."""
 
-    __slots__ = ("_value", "_size", "pos")
+    __slots__ = ("_size", "_value", "pos")
 
     def __init__(self, data: bytes) -> None:
         self._value = int.from_bytes(data, "big")
@@ -137,7 +137,7 @@ def parse_asc(data: bytes) -> AudioSpecificConfig:
 
 
 class _BitWriter:
-    __slots__ = ("value", "size")
+    __slots__ = ("size", "value")
 
     def __init__(self) -> None:
         self.value = 0
@@ -153,7 +153,7 @@ class _BitWriter:
 
 
 def _put_object_type(out: _BitWriter, aot: int) -> None:
-    if aot >= 31:
+    if aot >= 32:
         out.put(5, 31)
         out.put(6, aot - 32)
     else:
@@ -176,8 +176,8 @@ def build_asc(object_type: int, sample_rate: int, channels: int) -> bytes:
     and the record uses explicit hierarchical signalling over an LC core at half the rate
     (a mono core for v2), mirroring ``parse_asc``.
     """
-    if not 1 <= object_type <= 95:
-        raise AacError(f"audioObjectType {object_type} out of range")
+    if not 1 <= object_type <= 95 or object_type == 31:  # 31 is the escape code itself
+        raise AacError(f"audioObjectType {object_type} cannot be signalled")
     if not 0 < sample_rate < 1 << 24:
         raise AacError(f"sample rate {sample_rate} out of range")
     hierarchical = object_type in (AOT_SBR, AOT_PS)

@@ -10,39 +10,40 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 __all__ = [
-    "H264Error",
-    "NAL_SLICE",
-    "NAL_IDR",
-    "NAL_SEI",
-    "NAL_SPS",
-    "NAL_PPS",
     "NAL_AUD",
     "NAL_END_SEQUENCE",
     "NAL_END_STREAM",
     "NAL_FILLER",
-    "Sps",
+    "NAL_IDR",
+    "NAL_PPS",
+    "NAL_SEI",
+    "NAL_SLICE",
+    "NAL_SPS",
     "AvcConfig",
-    "nal_type",
-    "is_vcl",
-    "unescape_rbsp",
+    "H264Error",
+    "Sps",
+    "annexb_to_avcc",
+    "avcc_nal_types",
+    "avcc_to_annexb",
+    "build_avc_config",
     "escape_rbsp",
+    "extract_parameter_sets",
+    "is_keyframe",
+    "is_vcl",
+    "join_annexb",
+    "join_avcc",
+    "level_value",
+    "nal_type",
+    "parse_avc_config",
     "parse_sps",
     "profile_name",
-    "level_value",
-    "parse_avc_config",
-    "build_avc_config",
-    "split_avcc",
-    "join_avcc",
-    "avcc_nal_types",
-    "is_keyframe",
     "split_annexb",
-    "join_annexb",
-    "avcc_to_annexb",
-    "annexb_to_avcc",
-    "extract_parameter_sets",
+    "split_avcc",
+    "unescape_rbsp",
 ]
 
 
@@ -68,6 +69,8 @@ _HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 
 # profile_idc values whose avcC record carries the chroma/bit-depth extension (ISO 14496-15).
 _AVCC_EXT_PROFILES = frozenset({100, 110, 122, 144})
 _MAX_DIMENSION = 1 << 15
+# Byte strings a caller may hand in; joined without intermediate copies.
+Buffer = bytes | bytearray | memoryview
 _LENGTH_STRUCTS = {1: struct.Struct(">B"), 2: struct.Struct(">H"), 4: struct.Struct(">I")}
 
 
@@ -119,7 +122,7 @@ def escape_rbsp(rbsp: bytes) -> bytes:
 class _BitReader:
     """MSB-first reader over an RBSP; running out of bits is an ``H264Error``."""
 
-    __slots__ = ("_value", "_size", "_pos")
+    __slots__ = ("_pos", "_size", "_value")
 
     def __init__(self, data: bytes) -> None:
         self._value = int.from_bytes(data, "big")
@@ -375,7 +378,7 @@ def parse_sps(nal: bytes) -> Sps:
 
 def _parse_vui(reader: _BitReader, sps: Sps) -> Sps:
     """Add VUI fields; a truncated VUI keeps what was read (real encoders emit those)."""
-    fields: dict[str, object] = {}
+    fields: dict[str, Any] = {}
     try:
         if reader.flag():  # aspect_ratio_info_present_flag
             idc = reader.u(8)
@@ -419,15 +422,7 @@ def _parse_vui(reader: _BitReader, sps: Sps) -> Sps:
             fields["max_dec_frame_buffering"] = min(buffering, 16)
     except H264Error:
         pass
-    return _replace(sps, fields)
-
-
-def _replace(sps: Sps, fields: dict[str, object]) -> Sps:
-    if not fields:
-        return sps
-    values = {name: getattr(sps, name) for name in Sps.__dataclass_fields__}
-    values.update(fields)
-    return Sps(**values)  # type: ignore[arg-type]
+    return replace(sps, **fields) if fields else sps
 
 
 _SAR_TABLE: tuple[tuple[int, int], ...] = (
@@ -495,7 +490,7 @@ def parse_avc_config(data: bytes) -> AvcConfig:
     for nal in pps:
         if nal[0] & 0x1F != NAL_PPS:
             raise H264Error("avcC PPS entry is not a PPS NAL")
-    ext: dict[str, object] = {}
+    ext: dict[str, Any] = {}
     if data[1] in _AVCC_EXT_PROFILES and len(data) - pos >= 4:
         # Optional and often garbage in the wild: decoders ignore it, so do we when broken.
         try:
@@ -516,7 +511,7 @@ def parse_avc_config(data: bytes) -> AvcConfig:
         nal_length_size=nal_length_size,
         sps=tuple(sps),
         pps=tuple(pps),
-        **ext,  # type: ignore[arg-type]
+        **ext,
     )
 
 
@@ -556,14 +551,13 @@ def build_avc_config(sps: Sequence[bytes], pps: Sequence[bytes], nal_length_size
     return bytes(out)
 
 
-def split_avcc(au: bytes, nal_length_size: int = 4) -> list[bytes]:
-    """Split a length-prefixed access unit into NAL units (zero-length entries dropped)."""
+def _avcc_spans(au: Buffer, nal_length_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each non-empty NAL; offsets let callers copy each byte only once."""
     try:
-        length = _LENGTH_STRUCTS[nal_length_size]
+        unpack = _LENGTH_STRUCTS[nal_length_size].unpack_from
     except KeyError:
         raise H264Error(f"invalid NAL length size {nal_length_size}") from None
-    unpack = length.unpack_from
-    nals: list[bytes] = []
+    spans: list[tuple[int, int]] = []
     pos = 0
     end = len(au)
     while pos < end:
@@ -574,32 +568,19 @@ def split_avcc(au: bytes, nal_length_size: int = 4) -> list[bytes]:
         if size > end - pos:
             raise H264Error(f"NAL length {size} exceeds the {end - pos} bytes left")
         if size:
-            nals.append(au[pos : pos + size])
+            spans.append((pos, pos + size))
         pos += size
-    return nals
+    return spans
+
+
+def split_avcc(au: bytes, nal_length_size: int = 4) -> list[bytes]:
+    """Split a length-prefixed access unit into NAL units (zero-length entries dropped)."""
+    return [bytes(au[start:end]) for start, end in _avcc_spans(au, nal_length_size)]
 
 
 def avcc_nal_types(au: bytes, nal_length_size: int = 4) -> list[int]:
     """NAL types of an AVCC access unit, without copying payloads."""
-    try:
-        length = _LENGTH_STRUCTS[nal_length_size]
-    except KeyError:
-        raise H264Error(f"invalid NAL length size {nal_length_size}") from None
-    unpack = length.unpack_from
-    types: list[int] = []
-    pos = 0
-    end = len(au)
-    while pos < end:
-        if pos + nal_length_size > end:
-            raise H264Error("truncated NAL length prefix")
-        (size,) = unpack(au, pos)
-        pos += nal_length_size
-        if size > end - pos:
-            raise H264Error(f"NAL length {size} exceeds the {end - pos} bytes left")
-        if size:
-            types.append(au[pos] & 0x1F)
-        pos += size
-    return types
+    return [au[start] & 0x1F for start, _ in _avcc_spans(au, nal_length_size)]
 
 
 def is_keyframe(avcc_au: bytes, nal_length_size: int = 4) -> bool:
@@ -607,14 +588,14 @@ def is_keyframe(avcc_au: bytes, nal_length_size: int = 4) -> bool:
     return NAL_IDR in avcc_nal_types(avcc_au, nal_length_size)
 
 
-def join_avcc(nals: Iterable[bytes], nal_length_size: int = 4) -> bytes:
+def join_avcc(nals: Iterable[Buffer], nal_length_size: int = 4) -> bytes:
     """Length-prefix NAL units into one AVCC access unit."""
     try:
         pack = _LENGTH_STRUCTS[nal_length_size].pack
     except KeyError:
         raise H264Error(f"invalid NAL length size {nal_length_size}") from None
     limit = 1 << (8 * nal_length_size)
-    parts: list[bytes] = []
+    parts: list[Buffer] = []
     for nal in nals:
         if len(nal) >= limit:
             raise H264Error(f"NAL of {len(nal)} bytes does not fit a {nal_length_size}-byte length")
@@ -623,8 +604,8 @@ def join_avcc(nals: Iterable[bytes], nal_length_size: int = 4) -> bytes:
     return b"".join(parts)
 
 
-def split_annexb(data: bytes) -> list[bytes]:
-    """Split an Annex B byte stream at start codes; trailing zero bytes are not NAL data."""
+def _annexb_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each NAL between start codes, trailing zero bytes excluded."""
     first = data.find(_START3)
     if first < 0:
         if data.count(0) != len(data):
@@ -632,30 +613,32 @@ def split_annexb(data: bytes) -> list[bytes]:
         return []
     if data.count(0, 0, first) != first:
         raise H264Error("garbage before the first Annex B start code")
-    nals: list[bytes] = []
+    spans: list[tuple[int, int]] = []
     pos = first + 3
     size = len(data)
     find = data.find
     while pos < size:
         nxt = find(_START3, pos)
-        end = size if nxt < 0 else nxt
-        stop = end
+        stop = size if nxt < 0 else nxt
         while stop > pos and data[stop - 1] == 0:
             stop -= 1
         if stop > pos:
-            nals.append(data[pos:stop])
+            spans.append((pos, stop))
         if nxt < 0:
             break
         pos = nxt + 3
-    return nals
+    return spans
 
 
-def join_annexb(nals: Iterable[bytes]) -> bytes:
+def split_annexb(data: bytes) -> list[bytes]:
+    """Split an Annex B byte stream at start codes; trailing zero bytes are not NAL data."""
+    return [bytes(data[start:end]) for start, end in _annexb_spans(data)]
+
+
+def join_annexb(nals: Iterable[Buffer]) -> bytes:
     """Prefix each NAL with a 4-byte start code."""
-    nals = list(nals)
-    if not nals:
-        return b""
-    return START_CODE + START_CODE.join(nals)
+    parts: list[Buffer] = [b"", *nals]  # one join = one allocation, even for big keyframes
+    return START_CODE.join(parts) if len(parts) > 1 else b""
 
 
 def avcc_to_annexb(
@@ -672,9 +655,11 @@ def avcc_to_annexb(
     size = nal_length_size
     if size is None:
         size = config.nal_length_size if isinstance(config, AvcConfig) else 4
-    nals = split_avcc(au, size)
-    if config is not None and nals:
-        types = [nal[0] & 0x1F for nal in nals]
+    spans = _avcc_spans(au, size)
+    view = memoryview(au)
+    nals: list[Buffer] = [view[start:end] for start, end in spans]
+    if config is not None and spans:
+        types = [au[start] & 0x1F for start, _ in spans]
         if NAL_IDR in types and NAL_SPS not in types:
             cfg = config if isinstance(config, AvcConfig) else parse_avc_config(config)
             at = 1 if types[0] == NAL_AUD else 0
@@ -688,21 +673,23 @@ def annexb_to_avcc(data: bytes, nal_length_size: int = 4, drop: Iterable[int] = 
     Typical ``drop``: ``{NAL_SPS, NAL_PPS, NAL_AUD}`` once the parameter sets have been
     moved into the track configuration.
     """
-    nals = split_annexb(data)
     dropped = frozenset(drop)
-    if dropped:
-        nals = [nal for nal in nals if nal[0] & 0x1F not in dropped]
-    return join_avcc(nals, nal_length_size)
+    view = memoryview(data)
+    return join_avcc(
+        (view[start:end] for start, end in _annexb_spans(data) if data[start] & 0x1F not in dropped),
+        nal_length_size,
+    )
 
 
 def extract_parameter_sets(annexb_au: bytes) -> tuple[list[bytes], list[bytes]]:
     """SPS and PPS NAL units carried in-band in an Annex B access unit (deduplicated)."""
     sps: list[bytes] = []
     pps: list[bytes] = []
-    for nal in split_annexb(annexb_au):
-        kind = nal[0] & 0x1F
-        if kind == NAL_SPS and nal not in sps:
-            sps.append(nal)
-        elif kind == NAL_PPS and nal not in pps:
-            pps.append(nal)
+    for start, end in _annexb_spans(annexb_au):
+        kind = annexb_au[start] & 0x1F
+        if kind in (NAL_SPS, NAL_PPS):
+            nal = bytes(annexb_au[start:end])
+            found = sps if kind == NAL_SPS else pps
+            if nal not in found:
+                found.append(nal)
     return sps, pps

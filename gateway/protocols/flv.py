@@ -15,44 +15,44 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from gateway.codecs import aac, h264
-from gateway.media import Track
+from ..codecs import aac, h264
+from ..media import Track
 
 __all__ = [
-    "FlvError",
-    "TAG_AUDIO",
-    "TAG_VIDEO",
-    "TAG_SCRIPT",
-    "VIDEO_CODEC_AVC",
-    "SOUND_FORMAT_AAC",
-    "AVC_SEQUENCE_HEADER",
-    "AVC_NALU",
-    "AVC_END_OF_SEQUENCE",
-    "AAC_SEQUENCE_HEADER",
     "AAC_RAW",
-    "FRAME_KEY",
-    "FRAME_INTER",
+    "AAC_SEQUENCE_HEADER",
+    "AVC_END_OF_SEQUENCE",
+    "AVC_NALU",
+    "AVC_SEQUENCE_HEADER",
     "FLV_HEADER",
-    "encode_tag",
-    "video_body_avc",
-    "video_seq_header_avc",
-    "video_end_of_sequence_avc",
-    "audio_body_aac",
-    "audio_seq_header_aac",
-    "script_tag_body",
-    "VideoTag",
+    "FRAME_INTER",
+    "FRAME_KEY",
+    "SOUND_FORMAT_AAC",
+    "TAG_AUDIO",
+    "TAG_SCRIPT",
+    "TAG_VIDEO",
+    "VIDEO_CODEC_AVC",
     "AudioTag",
-    "parse_video_body",
-    "parse_audio_body",
-    "parse_script_body",
-    "Tag",
+    "FlvError",
     "FlvHeader",
     "FlvReader",
-    "track_from_avc_config",
-    "track_from_aac_config",
-    "avc_config_of",
+    "Tag",
+    "VideoTag",
     "aac_config_of",
+    "audio_body_aac",
+    "audio_seq_header_aac",
+    "avc_config_of",
+    "encode_tag",
     "on_metadata",
+    "parse_audio_body",
+    "parse_script_body",
+    "parse_video_body",
+    "script_tag_body",
+    "track_from_aac_config",
+    "track_from_avc_config",
+    "video_body_avc",
+    "video_end_of_sequence_avc",
+    "video_seq_header_avc",
 ]
 
 
@@ -98,8 +98,8 @@ _RATES = (5512, 11025, 22050, 44100)
 
 
 def _amf0() -> ModuleType:
-    """The AMF0 codec, imported on first use: the RTMP package imports this module."""
-    from gateway.protocols.rtmp import amf0
+    """The AMF0 codec, imported on first use so the RTMP package can import us without a cycle."""
+    from .rtmp import amf0
 
     return amf0
 
@@ -302,6 +302,7 @@ class FlvReader:
         self._failed = False
 
     def receive_data(self, data: bytes) -> list[Tag]:
+        """Feed bytes as they arrive; returns the tags they complete, possibly none."""
         if self._failed:
             raise FlvError("FLV reader already failed")
         self._buf += data
@@ -394,9 +395,10 @@ def _meta_number(metadata: Mapping[str, Any] | None, *keys: str) -> float:
         return 0.0
     for key in keys:
         value = metadata.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if math.isfinite(value) and value > 0:
-                return float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(value) and value > 0:
+            return float(value)
     return 0.0
 
 

@@ -55,9 +55,9 @@ class Message:
     type_id: int
     stream_id: int
     timestamp: int
-    payload: bytes
+    payload: bytes = field(repr=False)
     csid: int = 3
-    size: int = field(default=0, compare=False, repr=False)
+    size: int = field(default=0, compare=False)
 
 
 class _ChunkStream:
