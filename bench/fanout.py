@@ -105,7 +105,9 @@ class ServerRun:
         ports = [self.rtmp_port] + ([self.http_port] if self.http_port else [])
         for port in ports:
             if not wait_port("127.0.0.1", port, 30.0, self.server):
-                raise RuntimeError(f"{self.name} did not listen on {port}; see {self.scratch / 'server.log'}")
+                tail = (self.scratch / "server.log").read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"{self.name} did not listen on {port}: {' / '.join(tail) or 'no output'}"
+                                   f" (log: {self.scratch / 'server.log'})")  # fmt: skip
         self.sampler = TreeSampler(self.server.pid, [SERVER_CPU, CLIENT_CPU])
         self.start_publisher()
 
@@ -288,6 +290,9 @@ def run_level(srv: ServerRun, protos: list[str], level: int, args: argparse.Name
     finally:
         srv.procs.stop(proc, grace=5.0)
     row.verdict = judge(row, args)
+    if row.verdict == "ERROR":
+        tail = (srv.scratch / f"loadgen-{row.proto}-{level}.log").read_text(errors="replace").strip()
+        row.notes.append(f"loadgen gave no result: {tail.splitlines()[-1] if tail else 'no output'}")
     return row
 
 
@@ -584,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["rows"] = [vars(r) for r in rows]
         out.write_text(json.dumps(meta, indent=1, default=str))
         print(f"\nfull results: {out}")
-    if ok:
+    if ok and not any(r.verdict == "ERROR" for r in rows):
         shutil.rmtree(scratch, ignore_errors=True)
     else:
         say(f"logs kept in {scratch}")

@@ -17,7 +17,7 @@ from ..ingest.flv import FlvIngest, IngestError
 from ..media import StreamInfo
 from ..outputs.rtmp import CHUNK_SIZE, PLAY_STREAM_ID, RtmpOutput
 from ..protocols.rtmp import connection as rc
-from ..protocols.rtmp.errors import RtmpError
+from ..protocols.rtmp.messages import RtmpError
 
 log = logging.getLogger(__name__)
 
