@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from . import planner
 from .config import Config
+from .context import Context
 from .hub.stream import Hub
 from .servers import http, rtmp
 
@@ -22,6 +24,7 @@ class Gateway:
 
     config: Config
     hub: Hub
+    ctx: Context
     rtmp_server: asyncio.Server
     http_runner: web.AppRunner
     rtmp_port: int
@@ -36,10 +39,9 @@ class Gateway:
 
 async def start(config: Config) -> Gateway:
     hub = Hub()
-    rtmp_server = await rtmp.serve(hub, config.host, config.rtmp_port, config.limits,
-                                   config.miniprogram_apps, config.max_message_size)
-    runner = web.AppRunner(http.make_app(hub, config.limits), handler_cancellation=True,
-                           access_log=None)
+    ctx = Context(config, hub, planner.load_matrix(config.matrix_dir or None))
+    rtmp_server = await rtmp.serve(ctx)
+    runner = web.AppRunner(http.make_app(ctx), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.http_port, backlog=4096)
     await site.start()
@@ -47,7 +49,7 @@ async def start(config: Config) -> Gateway:
     http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     log.info("gateway listening: rtmp=%s:%d http=%s:%d", config.host, rtmp_port, config.host,
              http_port)
-    return Gateway(config, hub, rtmp_server, runner, rtmp_port, http_port)
+    return Gateway(config, hub, ctx, rtmp_server, runner, rtmp_port, http_port)
 
 
 async def run(config: Config) -> None:

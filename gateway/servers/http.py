@@ -13,8 +13,10 @@ import re
 
 from aiohttp import WSMsgType, web
 
-from ..hub.fanout import Limits, Viewer, http_chunk, ws_binary
-from ..hub.stream import Hub, HubError, Stream
+from ..context import Context
+from ..hub.fanout import Viewer, http_chunk, ws_binary
+from ..hub.stream import HubError, Stream
+from ..transcode.variant import media_for
 from ..outputs.flv import FlvOutput
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,7 @@ CORS = {
     "Access-Control-Expose-Headers": "Location, Link, ETag",
 }
 
-HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
-LIMITS: web.AppKey[Limits] = web.AppKey("limits", Limits)
+CTX: web.AppKey[Context] = web.AppKey("ctx", Context)
 
 
 def _key(request: web.Request) -> str:
@@ -41,7 +42,7 @@ def _key(request: web.Request) -> str:
 def _stream(request: web.Request) -> Stream:
     key = _key(request)
     try:
-        return request.app[HUB].get(key)
+        return request.app[CTX].hub.get(key)
     except HubError as e:
         raise web.HTTPNotFound(text=f"{e}\n", headers=CORS) from None
 
@@ -65,7 +66,8 @@ async def flv(request: web.Request) -> web.StreamResponse:
     await resp.write(b"")  # puts the status line and headers on the wire before raw body bytes
     done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     viewer = Viewer(transport, f"http-flv {_peer(request)}", lambda r: _resolve(done, r))
-    output = stream.sink("flv", lambda s: FlvOutput(s, "flv", request.app[LIMITS]))
+    media, _ = media_for(request.app[CTX].matrix, stream, "rtmp")
+    output = media.sink("flv", lambda s: FlvOutput(s, "flv", request.app[CTX].config.limits))
     fanout = output.add_viewer("http", http_chunk, viewer)
     log.info("http-flv %s: playing %s", _peer(request), stream.key)
     reason = "left"
@@ -94,7 +96,8 @@ async def _ws_flv(request: web.Request, stream: Stream) -> web.StreamResponse:
             asyncio.ensure_future(ws.close(message=reason[:100].encode()))
 
     viewer = Viewer(transport, f"ws-flv {_peer(request)}", on_end)
-    output = stream.sink("flv", lambda s: FlvOutput(s, "flv", request.app[LIMITS]))
+    media, _ = media_for(request.app[CTX].matrix, stream, "rtmp")
+    output = media.sink("flv", lambda s: FlvOutput(s, "flv", request.app[CTX].config.limits))
     fanout = output.add_viewer("ws", ws_binary, viewer)
     log.info("ws-flv %s: playing %s", _peer(request), stream.key)
     try:
@@ -114,7 +117,7 @@ def _resolve(fut: asyncio.Future[str], reason: str) -> None:
 async def streams(request: web.Request) -> web.Response:
     """Live streams with their tracks and viewer counts, for operators."""
     out = []
-    for key, s in request.app[HUB].streams.items():
+    for key, s in request.app[CTX].hub.streams.items():
         out.append({
             "key": key,
             "protocol": s.info.protocol,
@@ -133,10 +136,9 @@ async def options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=CORS)
 
 
-def make_app(hub: Hub, limits: Limits) -> web.Application:
+def make_app(ctx: Context) -> web.Application:
     app = web.Application()
-    app[HUB] = hub
-    app[LIMITS] = limits
+    app[CTX] = ctx
     app.router.add_get("/api/streams", streams)
     app.router.add_get("/{app}/{name}.flv", flv)
     app.router.add_route("OPTIONS", "/{tail:.*}", options)

@@ -11,13 +11,15 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from ..hub.fanout import Fanout, Limits, Viewer, identity
-from ..hub.stream import Hub, HubError, Stream
+from ..context import Context
+from ..hub.fanout import Fanout, Viewer, identity
+from ..hub.stream import HubError, Stream
 from ..ingest.flv import FlvIngest, IngestError
 from ..media import StreamInfo
 from ..outputs.rtmp import CHUNK_SIZE, PLAY_STREAM_ID, RtmpOutput
 from ..protocols.rtmp import connection as rc
 from ..protocols.rtmp.messages import RtmpError
+from ..transcode.variant import media_for
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +38,12 @@ def stream_key(app: str, name: str) -> str:
 
 
 class RtmpSession(asyncio.Protocol):
-    def __init__(self, hub: Hub, limits: Limits, miniprogram_apps: list[str],
-                 max_message_size: int) -> None:
-        self.hub = hub
-        self.limits = limits
-        self.miniprogram_apps = miniprogram_apps
-        self.max_message_size = max_message_size
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.hub = ctx.hub
+        self.limits = ctx.config.limits
+        self.miniprogram_apps = ctx.config.miniprogram_apps
+        self.max_message_size = ctx.config.max_message_size
         self.transport: asyncio.Transport | None = None
         self.conn: rc.ServerConnection | None = None
         self.peer = "?"
@@ -142,10 +144,16 @@ class RtmpSession(asyncio.Protocol):
             log.info("rtmp %s: play %s: %s", self.peer, key, e)
             self.conn.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", str(e))
             return
+        protocol = classify(self.app, {**self.query, **ev.query}, self.miniprogram_apps)
+        try:
+            media, _ = media_for(self.ctx.matrix, stream, protocol)
+        except ValueError as e:
+            log.warning("rtmp %s: play %s: %s", self.peer, key, e)
+            self.conn.reject_play(ev.stream_id, "NetStream.Play.Failed", str(e))
+            return
         self.conn.accept_play(ev.stream_id)
         self._flush()  # status messages must precede the media
-        output = stream.sink("rtmp", lambda s: RtmpOutput(s, "rtmp", self.limits))
-        protocol = classify(self.app, {**self.query, **ev.query}, self.miniprogram_apps)
+        output = media.sink("rtmp", lambda s: RtmpOutput(s, "rtmp", self.limits))
         viewer = Viewer(self.transport, f"rtmp {self.peer} ({protocol})", self._viewer_ended)
         fanout = output.add_viewer("raw", identity, viewer)
         self.play = (output, fanout, viewer)
@@ -195,9 +203,7 @@ def _ignore(reason: str) -> None:
     pass
 
 
-async def serve(hub: Hub, host: str, port: int, limits: Limits, miniprogram_apps: list[str],
-                max_message_size: int) -> asyncio.Server:
+async def serve(ctx: Context) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    factory: Callable[[], RtmpSession] = lambda: RtmpSession(hub, limits, miniprogram_apps,
-                                                             max_message_size)
-    return await loop.create_server(factory, host, port, backlog=4096)
+    factory: Callable[[], RtmpSession] = lambda: RtmpSession(ctx)
+    return await loop.create_server(factory, ctx.config.host, ctx.config.rtmp_port, backlog=4096)

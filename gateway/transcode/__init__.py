@@ -1,0 +1,1 @@
+"""Transcoding: PyAV codec steps (run in worker threads) and shared, on-demand variants."""

@@ -1,0 +1,50 @@
+"""The contract of one transcode step: encoded frames of one track in, encoded frames out.
+
+Steps are synchronous and single-threaded: a variant runs each step in its own worker thread
+(PyAV releases the GIL while coding), never on the event loop. Output frames keep the source's
+timeline (their pts/dts convert to the same instants as the input's), so a transcoded track stays
+in sync with a passed-through one.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..media import Frame, Track
+
+
+class Step(Protocol):
+    def process(self, frame: Frame) -> list[Frame]:
+        """Feed one source frame; return the output frames that became ready (maybe none)."""
+
+    def flush(self) -> list[Frame]:
+        """Drain buffered output at end of stream."""
+
+    def close(self) -> None:
+        """Free codec contexts; the step is not used afterwards."""
+
+
+@dataclass
+class Counters:
+    """Process-wide codec usage, so tests can prove pass-through decodes nothing."""
+
+    decoders_opened: int = 0
+    encoders_opened: int = 0
+    frames_decoded: int = 0
+    frames_encoded: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **deltas: int) -> None:
+        with self.lock:
+            for k, v in deltas.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return {k: getattr(self, k) for k in
+                    ("decoders_opened", "encoders_opened", "frames_decoded", "frames_encoded")}
+
+
+COUNTERS = Counters()

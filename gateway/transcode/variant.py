@@ -1,0 +1,222 @@
+"""Shared, on-demand output variants of a stream.
+
+A *variant* is the source stream after the planner's answer for one target: pass-through tracks
+are forwarded as the very same ``Frame`` objects (never decoded), transcoded tracks go through a
+``Step`` in a worker thread. A variant is itself a ``Stream`` (tracks, GOP cache, sinks), so
+outputs attach to it exactly as to a published stream, and every viewer with the same plan shares
+it: 100 jsmpeg viewers cost one H264->MPEG1 transcode. It starts with its first sink and stops
+(threads ended, codecs freed) when its last sink leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from .. import planner
+from ..hub.stream import Stream
+from ..media import Frame, StreamInfo, Track
+from .step import Step
+
+log = logging.getLogger(__name__)
+
+StepFactory = Callable[[planner.Transcode, Track], Step]
+
+QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step is behind
+
+
+def _default_factory(t: planner.Transcode, source: Track) -> Step:
+    from .factory import make_step  # PyAV import only when a transcode is really needed
+
+    return make_step(t, source)
+
+
+class Worker:
+    """One transcode step in its own thread, fed by a bounded queue, results back on the loop."""
+
+    def __init__(self, name: str, t: planner.Transcode, source: Track, factory: StepFactory,
+                 deliver: Callable[[list[Frame]], None], loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self.transcode = t
+        self.source = source
+        self.kind = t.kind
+        self._factory = factory
+        self._deliver = deliver
+        self._loop = loop
+        self._q: queue.Queue[Frame | None] = queue.Queue(QUEUE_FRAMES.get(t.kind, 100))
+        self._need_key = t.kind == "video"
+        self.dropped = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.latency_ms: list[float] = []  # recent per-frame processing times (bounded)
+        self._thread = threading.Thread(target=self._run, name=f"transcode {name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame: Frame) -> None:
+        if self._need_key:
+            if not frame.keyframe:
+                return  # the decoder can only (re)start at a keyframe
+            self._need_key = False
+        try:
+            self._q.put_nowait(frame)
+            self.frames_in += 1
+        except queue.Full:
+            self.dropped += 1
+            if self.kind == "video":
+                self._need_key = True
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("%s: transcoder cannot keep up (%d input frames dropped so far)",
+                            self.name, self.dropped)
+
+    def stop(self) -> None:
+        try:
+            self._q.put_nowait(None)
+        except queue.Full:
+            # make room for the stop marker; what is dropped would never be delivered anyway
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                pass
+            self._q.put_nowait(None)
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        step: Step | None = None
+        try:
+            step = self._factory(self.transcode, self.source)
+            while True:
+                frame = self._q.get()
+                if frame is None:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    out = step.process(frame)
+                except Exception:
+                    log.exception("%s: transcode step failed on a frame; skipped", self.name)
+                    continue
+                dt = (time.perf_counter() - t0) * 1000
+                if len(self.latency_ms) >= 1000:
+                    del self.latency_ms[:500]
+                self.latency_ms.append(dt)
+                if out:
+                    self.frames_out += len(out)
+                    self._post(out)
+        except Exception:
+            log.exception("%s: transcoder failed; track stopped", self.name)
+        finally:
+            if step is not None:
+                try:
+                    step.close()
+                except Exception:
+                    log.exception("%s: closing the step failed", self.name)
+
+    def _post(self, frames: list[Frame]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, frames)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+
+class Variant(Stream):
+    """The source after one plan; a sink of the source and a stream for its own sinks."""
+
+    def __init__(self, source: Stream, plan: planner.Plan, key: object,
+                 factory: StepFactory | None = None) -> None:
+        super().__init__(f"{source.key}~{plan.protocol}", StreamInfo(source.info.protocol),
+                         source.publisher)
+        self.source = source
+        self.plan = plan
+        self.key_in_source = key
+        self.info.metadata = dict(source.info.metadata)
+        self._factory = factory or _default_factory
+        self._loop = asyncio.get_running_loop()
+        self.workers: dict[str, Worker] = {}
+        self.closed = False
+        for track in source.tracks.values():
+            self._track_in(track)
+        for frame in source.gop:
+            self.on_frame(frame)
+        log.info("%s: variant started: %s", source.key, plan)
+
+    # -- sink of the source ---------------------------------------------------------------
+
+    def _track_in(self, track: Track) -> None:
+        tp = self.plan.get(track.kind)
+        if tp is None or isinstance(tp, planner.Drop):
+            return
+        if isinstance(tp, planner.PassThrough):
+            self.set_track(track)
+            return
+        assert isinstance(tp, planner.Transcode)
+        old = self.workers.pop(track.kind, None)
+        if old is not None:
+            old.stop()
+        self.workers[track.kind] = Worker(f"{self.key} {tp.from_codec}->{tp.to_codec}", tp, track,
+                                          self._factory, self._deliver, self._loop)
+
+    def on_track(self, track: Track) -> None:
+        if not self.closed:
+            self._track_in(track)
+
+    def on_metadata(self, metadata: dict[str, object]) -> None:
+        if not self.closed:
+            self.set_metadata(metadata)
+
+    def on_frame(self, frame: Frame) -> None:
+        if self.closed:
+            return
+        w = self.workers.get(frame.track.kind)
+        if w is not None:
+            w.submit(frame)
+            return
+        if frame.track.kind in self.tracks and self.tracks[frame.track.kind] is frame.track:
+            self.push(frame)
+
+    def on_end(self, reason: str) -> None:
+        self._stop()
+        self.end(reason)
+
+    def _deliver(self, frames: list[Frame]) -> None:
+        if self.closed:
+            return
+        for f in frames:
+            if self.tracks.get(f.track.kind) is not f.track:
+                self.set_track(f.track)
+            self.push(f)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def drop_sink(self, key: object) -> None:
+        super().drop_sink(key)
+        if not self.sinks and not self.closed:
+            log.info("%s: last viewer left, variant stopped", self.key)
+            self._stop()
+            self.source.drop_sink(self.key_in_source)
+
+    def _stop(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for w in self.workers.values():
+            w.stop()
+
+    def stats(self) -> dict[str, object]:
+        return {kind: {"in": w.frames_in, "out": w.frames_out, "dropped": w.dropped}
+                for kind, w in self.workers.items()}
+
+
+def media_for(matrix: planner.Matrix, stream: Stream,
+              target: str | planner.TargetSpec) -> tuple[Stream, planner.Plan]:
+    """The stream a viewer of ``target`` should attach to: the source itself when every track
+    passes through, else the shared variant for this plan (started now if it is the first)."""
+    plan = planner.plan(matrix, stream.tracks, target)
+    if plan.passthrough_all:
+        return stream, plan
+    key = ("variant", plan.variant_key())
+    return stream.sink(key, lambda s: Variant(s, plan, key)), plan
