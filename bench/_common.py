@@ -242,6 +242,27 @@ def proc_rss_bytes(pids: Sequence[int]) -> int:
     return total
 
 
+def kernel_threads(prefix: str) -> list[int]:
+    """PIDs of kernel threads whose name starts with ``prefix`` (e.g. ksoftirqd/0)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().startswith(prefix):
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def system_task_seconds() -> float:
+    """user+nice+system of all CPUs in seconds (irq/softirq excluded: that is network work)."""
+    with open("/proc/stat", "rb") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2]) / CLK_TCK
+
+
 def cpu_times(cpu: int) -> tuple[float, float]:
     """(busy, total) jiffies of one CPU from /proc/stat; busy includes irq/softirq work."""
     with open("/proc/stat", "rb") as f:
@@ -263,6 +284,8 @@ class TreeSampler:
 
     def __init__(self, pid: int, cpus: Sequence[int], period: float = 0.5) -> None:
         self.pid = pid
+        self.extra_pids: list[int] = []  # our own helpers (publisher), to tell foreign load apart
+        self.softirq_pids = kernel_threads("ksoftirqd/")  # loopback network work, not foreign load
         self.cpus = list(cpus)
         self.period = period
         self._stop = threading.Event()
@@ -284,6 +307,8 @@ class TreeSampler:
             "t": time.monotonic(),
             "cpu_s": proc_cpu_seconds(pids),
             "rss": float(proc_rss_bytes(pids)),
+            "own_s": proc_cpu_seconds([os.getpid(), *self.extra_pids, *self.softirq_pids]),
+            "all_s": system_task_seconds(),
         }
         for c in self.cpus:
             busy, total = cpu_times(c)
@@ -300,7 +325,11 @@ class TreeSampler:
     def between(self, a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
         """CPU% (of one core) of the tree and busy% of each sampled CPU between two marks."""
         dt = max(b["t"] - a["t"], 1e-6)
-        out = {"cpu_pct": 100.0 * (b["cpu_s"] - a["cpu_s"]) / dt}
+        out = {
+            "cpu_pct": 100.0 * (b["cpu_s"] - a["cpu_s"]) / dt,
+            "own_pct": 100.0 * (b["own_s"] - a["own_s"]) / dt,  # orchestrator, extra_pids, ksoftirqd
+            "all_pct": 100.0 * (b["all_s"] - a["all_s"]) / dt,  # every task on every CPU
+        }
         for c in self.cpus:
             tot = b[f"cpu{c}_total"] - a[f"cpu{c}_total"]
             out[f"cpu{c}_busy_pct"] = 100.0 * (b[f"cpu{c}_busy"] - a[f"cpu{c}_busy"]) / tot if tot else 0.0

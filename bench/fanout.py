@@ -149,6 +149,8 @@ rtmp {{
             pinned(cmd, CLIENT_CPU), stdout=subprocess.PIPE, stderr=open(self.scratch / "publisher.log", "ab")
         )
         threading.Thread(target=self._read_progress, args=(self.publisher,), daemon=True).start()
+        if self.sampler is not None:
+            self.sampler.extra_pids = [self.publisher.pid]
         protos = [p for p in ("rtmp", "flv") if p in self.protocols]
         ok, _ = run_probe(self, protos, 30.0)
         if not ok:
@@ -216,6 +218,7 @@ class Row:
     server_cpu_pct: float | None = None
     cpu0_busy_pct: float | None = None
     cpu1_busy_pct: float | None = None
+    other_cpu_pct: float | None = None  # processes that are neither ours nor the server's
     rss_mb: float | None = None
     rss_end_mb: float | None = None
     pub_speed: float | None = None
@@ -283,10 +286,13 @@ def run_level(srv: ServerRun, protos: list[str], level: int, args: argparse.Name
                 row.cpu1_busy_pct = round(d[f"cpu{CLIENT_CPU}_busy_pct"], 1)
                 row.rss_mb = round(max(peak, mark1["rss"]) / 2**20, 1)
                 row.rss_end_mb = round(mark1["rss"] / 2**20, 1)
+                row.other_cpu_pct = round(d["all_pct"] - d["cpu_pct"] - d["own_pct"], 1)
                 sp = srv.publisher_speed(mark0["t"], mark1["t"])
                 row.pub_speed = None if sp is None else round(sp, 3)
             elif kind == "result":
                 row.result = ev
+                if row.other_cpu_pct is not None:  # the loadgen measured itself over the same window
+                    row.other_cpu_pct = round(row.other_cpu_pct - ev["loadgen"]["cpu_pct_window"], 1)
     finally:
         srv.procs.stop(proc, grace=5.0)
     row.verdict = judge(row, args)
@@ -307,6 +313,8 @@ def judge(row: Row, args: argparse.Namespace) -> str:
     if row.pub_speed is not None and row.pub_speed < 0.97:
         row.notes.append(f"publisher slow x{row.pub_speed}")
         bound = True
+    if (row.other_cpu_pct or 0) > args.max_other_cpu:
+        row.notes.append(f"machine not quiet: other processes used {row.other_cpu_pct}% CPU")
     for kind, p in row.result.get("protocols", {}).items():
         if p.get("reasons"):
             row.notes.append(f"{kind}: " + "; ".join(p["reasons"]))
@@ -347,7 +355,7 @@ def fmt(v: Any, spec: str = "", none: str = "-") -> str:
 
 def print_table(rows: list[Row]) -> None:
     hdr = ("server", "proto", "N", "result", "connected", "med.rate", "1st frame ms med/p95", "1st key med",
-           "srv CPU%", "cpu0%", "RSS MB", "loadgen CPU%", "cpu1%", "pub x")  # fmt: skip
+           "srv CPU%", "cpu0%", "RSS MB", "loadgen CPU%", "cpu1%", "other%", "pub x")  # fmt: skip
     table = [hdr]
     notes = []
     for r in rows:
@@ -362,7 +370,7 @@ def print_table(rows: list[Row]) -> None:
         table.append((r.server, r.proto, str(r.level), r.verdict, " ".join(conn), " ".join(rate), " ".join(ff),
                       " ".join(key), fmt(r.server_cpu_pct, ".1f"), fmt(r.cpu0_busy_pct, ".0f"),
                       fmt(r.rss_mb, ".1f"), fmt(lg.get("cpu_pct_window"), ".1f"), fmt(r.cpu1_busy_pct, ".0f"),
-                      fmt(r.pub_speed, ".3f")))  # fmt: skip
+                      fmt(r.other_cpu_pct, ".0f"), fmt(r.pub_speed, ".3f")))  # fmt: skip
         if r.notes:
             notes.append(f"  {r.server} {r.proto} N={r.level}: " + " | ".join(r.notes))
     widths = [max(len(row[i]) for row in table) for i in range(len(hdr))]
@@ -496,6 +504,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample", type=int, default=5, help="fully parsed lag-sample viewers per protocol")
     p.add_argument("--keep-going", action="store_true", help="run higher levels after a FAIL")
     p.add_argument("--bound-cpu1", type=float, default=97.0, help="CPU 1 busy%% that marks the client side saturated")
+    p.add_argument("--max-other-cpu", type=float, default=10.0,
+                   help="CPU%% of foreign processes above which a level is flagged as measured on a busy machine")
     p.add_argument("--gateway-cmd",
                    default="{python} -m gateway serve --host 127.0.0.1 --rtmp-port {rtmp_port} --http-port {http_port}")
     p.add_argument("--json", type=Path, default=None, help="where to write all results (default bench/out/)")

@@ -73,7 +73,12 @@ class RunningGateway:
 
 
 def _start_gateway(config: Config) -> Iterator[RunningGateway]:
-    loop = asyncio.new_event_loop()
+    try:  # the loop production uses (gateway serve runs on uvloop when installed)
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
     started = threading.Event()
     box: list[object] = []
 

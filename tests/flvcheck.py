@@ -37,7 +37,8 @@ def probe(path: Path | str) -> Probe:
             vp.append(float(p.get("pts_time", "nan")))
         elif kind == "audio":
             ad.append(float(p.get("dts_time", "nan")))
-    dec = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "null", "-"],
+    # framemd5 decodes every frame like -f null, without null-muxer CFR timestamp complaints
+    dec = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "framemd5", "-"],
                          capture_output=True, text=True, timeout=120)
     return Probe(codecs, vd, vp, ad, dec.stderr.strip() + ("" if dec.returncode == 0 else " (failed)"),
                  info)

@@ -159,3 +159,134 @@ def test_garbage_and_truncated_handshake_touch_nothing_else(
     r = capture(gateway.rtmp_url("live/cam"), out, 2.0)
     assert r.returncode == 0, r.stderr
     assert_good(probe(out), seconds=2.0, bframes=False)
+
+
+def _http_flv_tags(url: str, seconds: float) -> list:
+    reader = flv.FlvReader()
+    tags: list = []
+    deadline = time.monotonic() + seconds
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        while time.monotonic() < deadline:
+            chunk = resp.read1(65536)
+            if not chunk:
+                break
+            tags += reader.receive_data(chunk)
+    return tags
+
+
+@pytest.mark.parametrize("how", ["app", "query"])
+def test_miniprogram_publish_and_play_with_complete_metadata(
+        gateway: RunningGateway, clips, tmp_path: Path, how: str) -> None:
+    # classified by the configured app name, or by ?client=miniprogram on the URL
+    key = "miniprogram/room1" if how == "app" else "live/room1"
+    url = gateway.rtmp_url(key) + ("?client=miniprogram" if how == "query" else "")
+    pub = Publisher(clips["plain"], url)
+    try:
+        gateway.wait_stream(key)
+        assert gateway.gw.hub.streams[key].info.protocol == "miniprogram"
+        out = tmp_path / "mp.flv"
+        r = capture(gateway.rtmp_url(key), out, 2.0)
+        assert r.returncode == 0, r.stderr
+        assert_good(probe(out), seconds=2.0, bframes=False)
+        tags = _http_flv_tags(gateway.http_url(f"{key}.flv"), 1.0)
+        name, values = flv.parse_script_body(tags[0].body)
+        meta = values[0]
+        assert tags[0].tag_type == 18 and name == "onMetaData"
+        for k in ("width", "height", "framerate", "videocodecid", "audiosamplerate",
+                  "audiochannels", "audiodatarate", "videodatarate", "stereo"):
+            assert k in meta, k
+        assert (meta["width"], meta["height"], meta["audiosamplerate"]) == (640, 360, 44100)
+        assert meta["framerate"] == pytest.approx(30, abs=0.1)
+        assert meta["videodatarate"] > 0 and meta["audiodatarate"] > 0
+    finally:
+        pub.stop()
+
+
+def test_timestamps_past_2_pow_24_ms(gateway: RunningGateway, clips, tmp_path: Path) -> None:
+    # 17,000 s offset: every RTMP timestamp needs the extended field (>= 0xFFFFFF ms)
+    p = subprocess.Popen([FFMPEG, "-v", "error", "-re", "-stream_loop", "-1", "-i", str(clips["bframes"]),
+                          "-c", "copy", "-output_ts_offset", "17000", "-f", "flv",
+                          gateway.rtmp_url("live/late")], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        gateway.wait_stream("live/late")
+        assert gateway.gw.hub.streams["live/late"].gop[0].dts_ms() > 0xFFFFFF
+        for url in (gateway.rtmp_url("live/late"), gateway.http_url("live/late.flv")):
+            out = tmp_path / "late.flv"
+            r = capture(url, out, 2.0)
+            assert r.returncode == 0, r.stderr
+            assert_good(probe(out), seconds=2.0, bframes=True)
+    finally:
+        p.terminate()
+        p.wait(5)
+
+
+def test_slow_viewer_is_cut_off_others_keep_playing(gateway: RunningGateway, publish, clips,
+                                                     tmp_path: Path) -> None:
+    gw = gateway.gw
+    gw.config.limits.soft_limit = 64 << 10
+    gw.config.limits.hard_limit = 256 << 10
+    gw.config.limits.max_behind = 2.0
+    publish(clips["plain"], "live/cam")
+    # a viewer that requests the stream and never reads: its socket buffers fill up
+    s = socket.create_connection(("127.0.0.1", gateway.http_port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"GET /live/cam.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = tmp_path / "ok.flv"
+    r = capture(gateway.http_url("live/cam.flv"), out, 5.0)  # plays alongside, unharmed
+    assert r.returncode == 0, r.stderr
+    assert_good(probe(out), seconds=5.0, bframes=False)
+    stream = gw.hub.streams["live/cam"]
+    assert stream.frames_in > 0
+    # the stalled viewer was disconnected (reason logged), not buffered without bound
+    s.settimeout(10)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    received = 0
+    try:
+        while chunk := s.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        raise AssertionError("stalled viewer still connected") from None
+    finally:
+        s.close()
+    sink = stream.sinks.get("flv")
+    assert sink is None or all(len(f.viewers) == 0 for f in sink.fanouts.values())
+
+
+def test_rtmp_first_frame_from_gop_cache(gateway: RunningGateway, publish, clips) -> None:
+    """Our sans-I/O client measures play request -> first video message, decoded by PyAV."""
+    from gateway.protocols.rtmp import connection as rc
+
+    publish(clips["plain"], "live/cam")
+    time.sleep(0.6)
+    s = socket.create_connection(("127.0.0.1", gateway.rtmp_port))
+    c = rc.ClientConnection()
+    c.connect("live", gateway.rtmp_url("live"))
+    s.sendall(c.data_to_send())
+    decoder = av.CodecContext.create("h264", "r")
+    t0 = 0.0
+    played = False
+    while True:
+        data = s.recv(65536)
+        assert data
+        for ev in c.receive_data(data):
+            if isinstance(ev, rc.ConnectResult):
+                c.create_stream()
+            elif isinstance(ev, rc.StreamCreated):
+                t0 = time.monotonic()
+                c.play("cam", ev.stream_id)
+                played = True
+            elif isinstance(ev, rc.MediaReceived) and ev.type_id == 9 and played:
+                vt = flv.parse_video_body(bytes(ev.payload))
+                if vt.avc_packet_type == 0:
+                    decoder.extradata = vt.payload
+                elif decoder.decode(av.Packet(vt.payload)):
+                    elapsed = time.monotonic() - t0
+                    print(f"RTMP play request -> first decoded video frame: {elapsed * 1000:.1f} ms")
+                    assert vt.keyframe and elapsed < 0.5
+                    s.close()
+                    return
+        out = c.data_to_send()
+        if out:
+            s.sendall(out)

@@ -55,6 +55,7 @@ class Stream:
         self.ended = False
         self.frames_in = 0
         self.bytes_in = 0
+        self._rate: dict[str, list[float]] = {}  # kind -> [first ms, last ms, bytes]
 
     @property
     def tracks(self) -> dict[str, Track]:
@@ -79,7 +80,15 @@ class Stream:
 
     def push(self, frame: Frame) -> None:
         self.frames_in += 1
-        self.bytes_in += len(frame.data)
+        n = len(frame.data)
+        self.bytes_in += n
+        r = self._rate.get(frame.track.kind)
+        ms = float(frame.dts * frame.time_base * 1000)
+        if r is None:
+            self._rate[frame.track.kind] = [ms, ms, 0.0]
+        else:
+            r[1] = ms
+            r[2] += n
         self._remember(frame)
         for sink in list(self.sinks.values()):
             sink.on_frame(frame)
@@ -103,6 +112,13 @@ class Stream:
             return
         self.gop.append(frame)
         self._gop_bytes += len(frame.data)
+
+    def bitrate(self, kind: str) -> int:
+        """Measured bit/s of one track since publishing started (0 until 0.5 s are known)."""
+        r = self._rate.get(kind)
+        if r is None or r[1] - r[0] < 500:
+            return 0
+        return int(r[2] * 8000 / (r[1] - r[0]))
 
     # -- consumer side -------------------------------------------------------------------
 

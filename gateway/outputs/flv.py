@@ -17,7 +17,7 @@ class FlvOutput(Output):
         return tags.carries(track)
 
     def _script(self) -> bytes:
-        meta = tags.metadata(self.stream.tracks, self.stream.info.metadata)
+        meta = tags.metadata(self.stream)
         return flv.encode_tag(TAG_SCRIPT, 0, flv.script_tag_body("onMetaData", meta))
 
     def header_bytes(self) -> bytes:

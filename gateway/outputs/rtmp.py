@@ -32,7 +32,7 @@ class RtmpOutput(Output):
         return self.stream.gop[-1].dts_ms() if self.stream.gop else 0
 
     def metadata_bytes(self) -> bytes:
-        meta = tags.metadata(self.stream.tracks, self.stream.info.metadata)
+        meta = tags.metadata(self.stream)
         return _msg(MSG_DATA, 0, amf0.encode("onMetaData", meta), CSID_DATA)
 
     def header_bytes(self) -> bytes:

@@ -7,6 +7,9 @@ same ``Frame`` object in turn.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ..hub.stream import Stream
 from ..media import Frame, Track
 from ..protocols import flv
 
@@ -42,6 +45,11 @@ def config_body(track: Track) -> bytes:
     return flv.audio_seq_header_aac(track.config)
 
 
-def metadata(tracks: dict[str, Track], extra: dict[str, object]) -> dict[str, object]:
-    """Complete onMetaData for egress: always width/height/frame rate/sample rate/channels."""
-    return flv.on_metadata({k: t for k, t in tracks.items() if carries(t)}, extra)
+def metadata(stream: Stream) -> dict[str, object]:
+    """Complete onMetaData for egress: size, frame rate, sample rate, channels and data rates
+    (measured when the publisher did not say), whatever the publisher sent."""
+    tracks = {}
+    for kind, t in stream.tracks.items():
+        if carries(t):
+            tracks[kind] = t if t.bitrate else replace(t, bitrate=stream.bitrate(kind))
+    return flv.on_metadata(tracks, stream.info.metadata)
