@@ -257,10 +257,15 @@ def kernel_threads(prefix: str) -> list[int]:
 
 
 def system_task_seconds() -> float:
-    """user+nice+system of all CPUs in seconds (irq/softirq excluded: that is network work)."""
+    """user+nice+system+irq+softirq of all CPUs in seconds.
+
+    irq/softirq are included because tick accounting also charges a softirq tick to the
+    interrupted task's stime (the server's, for loopback sends), so leaving them out would
+    make "foreign" load negative.
+    """
     with open("/proc/stat", "rb") as f:
         v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2]) / CLK_TCK
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
 
 
 def cpu_times(cpu: int) -> tuple[float, float]:

@@ -222,36 +222,37 @@ def test_timestamps_past_2_pow_24_ms(gateway: RunningGateway, clips, tmp_path: P
 
 def test_slow_viewer_is_cut_off_others_keep_playing(gateway: RunningGateway, publish, clips,
                                                      tmp_path: Path) -> None:
-    gw = gateway.gw
-    gw.config.limits.soft_limit = 64 << 10
-    gw.config.limits.hard_limit = 256 << 10
-    gw.config.limits.max_behind = 2.0
+    limits = gateway.gw.config.limits
+    limits.soft_limit, limits.hard_limit, limits.max_behind = 32 << 10, 128 << 10, 2.0
+    limits.socket_send_buffer = 16 << 10  # so the kernel does not absorb the backlog
     publish(clips["plain"], "live/cam")
-    # a viewer that requests the stream and never reads: its socket buffers fill up
+    # a viewer that requests the stream and never reads: its queue fills up
     s = socket.create_connection(("127.0.0.1", gateway.http_port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.sendall(b"GET /live/cam.flv HTTP/1.1\r\nHost: x\r\n\r\n")
     out = tmp_path / "ok.flv"
-    r = capture(gateway.http_url("live/cam.flv"), out, 5.0)  # plays alongside, unharmed
+    r = capture(gateway.http_url("live/cam.flv"), out, 4.0)  # plays alongside, unharmed
     assert r.returncode == 0, r.stderr
-    assert_good(probe(out), seconds=5.0, bframes=False)
-    stream = gw.hub.streams["live/cam"]
-    assert stream.frames_in > 0
-    # the stalled viewer was disconnected (reason logged), not buffered without bound
+    assert_good(probe(out), seconds=4.0, bframes=False)
+    stream = gateway.gw.hub.streams["live/cam"]
+
+    def viewers() -> int:
+        sink = stream.sinks.get("flv")
+        return 0 if sink is None else sum(len(f.viewers) for f in sink.fanouts.values())
+
+    deadline = time.monotonic() + 20
+    while viewers() and time.monotonic() < deadline:  # stalled one is cut off with a reason
+        time.sleep(0.2)
+    assert viewers() == 0, "stalled viewer still attached"
     s.settimeout(10)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    received = 0
     try:
-        while chunk := s.recv(1 << 20):
-            received += len(chunk)
+        while s.recv(1 << 20):  # what was already in flight, then the end
+            pass
     except ConnectionResetError:
         pass
-    except socket.timeout:
-        raise AssertionError("stalled viewer still connected") from None
     finally:
         s.close()
-    sink = stream.sinks.get("flv")
-    assert sink is None or all(len(f.viewers) == 0 for f in sink.fanouts.values())
+    assert not stream.ended  # the publisher was never stalled
 
 
 def test_rtmp_first_frame_from_gop_cache(gateway: RunningGateway, publish, clips) -> None:

@@ -14,6 +14,7 @@ with a logged reason. Neither case touches the publisher or other viewers.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Limits:
     max_behind: float = 10.0  # seconds a viewer may keep dropping before it is disconnected
     max_gop_bytes: int = 16 << 20  # byte GOP cache bound; past it the cache waits for a keyframe
     batch_interval: float = 0.02  # seconds of media a batch may hold before it is flushed
+    socket_send_buffer: int = 0  # SO_SNDBUF of viewer sockets; 0 = the kernel's auto-tuning
 
 
 class Viewer:
@@ -194,6 +196,10 @@ class Fanout:
 
     def add(self, viewer: Viewer, send_initial: bool = True) -> None:
         """Attach a viewer; it receives the header and GOP cache now, live batches from then on."""
+        if self.limits.socket_send_buffer:
+            sock = getattr(viewer.transport, "get_extra_info", lambda _n: None)("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.socket_send_buffer)
         if send_initial:
             viewer.transport.write(self.initial())
         if not self._gop_valid:

@@ -4,6 +4,11 @@ The reader only acts on a chunk once all of it (headers and payload) is buffered
 output never depends on how the input was split. It applies Set Chunk Size and Abort itself,
 in order, because they change how the very next chunk must be parsed.
 
+After a header that used the extended timestamp, the 4 bytes following a type-3 basic
+header are taken as a repeated extended timestamp only if they equal it (FFmpeg, Adobe and
+librtmp >= 2.4 repeat it; old encoders don't). So such a type-3 chunk is parsed once 4 bytes
+after its basic header are buffered: a tiny final message waits for the next bytes.
+
 The writer is a pure function: every message starts with a type-0 header (absolute timestamp)
 and continues with type-3 chunks, so the same bytes can be sent to any number of peers.
 """

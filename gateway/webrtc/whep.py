@@ -1,0 +1,395 @@
+"""WHEP egress: viewers get the stream's encoded frames, converted once, never re-encoded.
+
+``WebRtcOutput`` is the one sink per stream (or per transcoding variant) that all WebRTC viewers
+of it share: each frame becomes an ``av.Packet`` once (H.264 AVCC -> Annex B with SPS/PPS before
+every IDR; VP8 and Opus as they are), and that same packet object is queued to every viewer.
+aiortc's sender only packetizes ``av.Packet``s (verified by ``tests/test_webrtc_seam.py``), so
+the per-viewer cost is RTP packetization and SRTP, never a codec.
+
+Each viewer's queue is bounded: a viewer that falls behind is emptied and waits for the next
+keyframe (memory never grows). A new viewer starts with the GOP cache, its timestamps squeezed
+into the instant before the newest cached frame so the picture appears at once without adding
+latency. A viewer's PLI/FIR goes to the publisher when it can make keyframes (WHIP), otherwise
+it is answered by re-sending the GOP cache to that viewer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from fractions import Fraction
+
+import aiohttp
+import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .. import planner
+from ..codecs import h264
+from ..hub.stream import Stream
+from ..media import Frame, Track
+from ..transcode.variant import media_for
+from . import PeerSession, SessionError, Settings, sdp, seam
+from .whip import request_keyframe
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PacketTrack", "WebRtcOutput", "WhepClient", "WhepSession"]
+
+SINK_KEY = "webrtc"
+RTP_TB = Fraction(1, 90000)  # the grid squeezed (primed / re-sent) frames are placed on
+PLI_INTERVAL = 0.5  # seconds between two keyframe answers to one viewer
+
+
+class PacketTrack(MediaStreamTrack):
+    """A viewer's track: pre-encoded packets from a bounded queue, handed to aiortc's sender."""
+
+    def __init__(self, kind: str, settings: Settings) -> None:
+        super().__init__()
+        self.kind = kind
+        self._q: deque[av.Packet] = deque()
+        self._bytes = 0
+        self._wake: asyncio.Event = asyncio.Event()
+        self._max_frames = settings.video_queue_frames if kind == "video" else settings.audio_queue_packets
+        self._max_bytes = settings.video_queue_bytes
+        self.waiting_key = kind == "video"
+        self.active = False  # set once the connection is up: nothing goes stale in the queue
+        self.drops = 0
+        self.sent = 0
+        self.first_sent_at = 0.0
+        self.last_pts_seconds = 0.0
+
+    def put(self, packet: av.Packet, keyframe: bool) -> None:
+        if not self.active or self.readyState != "live":
+            return
+        if self.kind == "video":
+            if self.waiting_key:
+                if not keyframe:
+                    return
+                self.waiting_key = False
+            if len(self._q) >= self._max_frames or self._bytes > self._max_bytes:
+                self.drops += 1
+                self._q.clear()
+                self._bytes = 0
+                if not keyframe:
+                    self.waiting_key = True
+                    log.info("WebRTC viewer behind (%d frames queued): dropped to next keyframe",
+                             self._max_frames)
+                    return
+        elif len(self._q) >= self._max_frames:
+            self._q.popleft()
+            self.drops += 1
+        self._q.append(packet)
+        self._bytes += packet.size
+        self._wake.set()
+
+    def reset(self, packets: list[av.Packet]) -> None:
+        """Replace whatever is queued by ``packets`` (starting at a keyframe)."""
+        self._q.clear()
+        self._q.extend(packets)
+        self._bytes = sum(p.size for p in packets)
+        self.waiting_key = not packets
+        if packets:
+            self._wake.set()
+
+    async def recv(self) -> av.Packet:
+        while not self._q:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._wake.clear()
+            await self._wake.wait()
+        if self.readyState != "live":
+            raise MediaStreamError
+        packet = self._q.popleft()
+        self._bytes -= packet.size
+        self.sent += 1
+        if not self.first_sent_at:
+            self.first_sent_at = time.monotonic()
+        if packet.pts is not None and packet.time_base is not None:
+            self.last_pts_seconds = float(packet.pts * packet.time_base)
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake.set()
+
+
+class WebRtcOutput:
+    """Shared sink: one conversion per frame, the same ``av.Packet`` to every viewer."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.viewers: list[WhepSession] = []
+        self._configs: dict[int, h264.AvcConfig] = {}
+        self.frames = 0
+
+    # -- sink interface ------------------------------------------------------------------
+
+    def on_track(self, track: Track) -> None:
+        pass
+
+    def on_metadata(self, metadata: dict[str, object]) -> None:
+        pass
+
+    def on_frame(self, frame: Frame) -> None:
+        if not self.viewers:
+            return
+        packet = self.packet(frame)
+        if packet is None:
+            return
+        self.frames += 1
+        keyframe = frame.keyframe
+        for v in self.viewers:
+            v.deliver(frame.track.kind, packet, keyframe)
+
+    def on_end(self, reason: str) -> None:
+        viewers, self.viewers = self.viewers, []
+        for v in viewers:
+            asyncio.ensure_future(v.close(f"stream ended: {reason}"))
+
+    # -- conversion ----------------------------------------------------------------------
+
+    def payload(self, frame: Frame) -> bytes | None:
+        track = frame.track
+        if track.codec == "h264":
+            cfg = self._configs.get(id(track))
+            if cfg is None and track.config:
+                try:
+                    cfg = h264.parse_avc_config(track.config)
+                except h264.H264Error as e:
+                    log.warning("%s: bad avcC (%s); frames sent without parameter sets", self.stream.key, e)
+                else:
+                    if len(self._configs) > 8:
+                        self._configs.clear()
+                    self._configs[id(track)] = cfg
+            try:
+                return h264.avcc_to_annexb(frame.data, cfg)
+            except h264.H264Error as e:
+                log.warning("%s: malformed H264 frame skipped (%s)", self.stream.key, e)
+                return None
+        if track.codec in ("vp8", "opus"):
+            return frame.data
+        return None
+
+    def packet(self, frame: Frame, pts: int | None = None, time_base: Fraction | None = None) -> av.Packet | None:
+        data = self.payload(frame)
+        if data is None:
+            return None
+        packet = av.Packet(data)
+        packet.pts = frame.pts if pts is None else pts
+        packet.time_base = frame.time_base if time_base is None else time_base
+        return packet
+
+    def squeezed_gop(self, after: float | None = None) -> list[av.Packet]:
+        """The cached GOP's video as packets on a 1/90000 grid: ending at the newest cached
+        frame's time (a joiner), or starting right after ``after`` seconds (a re-send)."""
+        video = [f for f in self.stream.gop if f.track.kind == "video"]
+        if not video or not video[0].keyframe:
+            return []
+        last = round(video[-1].pts * video[-1].time_base / RTP_TB)
+        start = last - (len(video) - 1) if after is None else round(after / RTP_TB) + 1
+        out = []
+        for i, f in enumerate(video):
+            p = self.packet(f, start + i, RTP_TB)
+            if p is not None:
+                out.append(p)
+        return out
+
+    # -- viewers -------------------------------------------------------------------------
+
+    def add(self, viewer: WhepSession) -> None:
+        """Register a viewer; frames reach it once ``start_viewer`` (connected) ran."""
+        self.viewers.append(viewer)
+
+    def start_viewer(self, viewer: WhepSession) -> None:
+        """The viewer is connected: prime it with the GOP cache, then live frames."""
+        for track in viewer.tracks.values():
+            track.active = True
+        video = viewer.tracks.get("video")
+        if video is not None:
+            gop = self.squeezed_gop()
+            if gop:
+                video.reset(gop)
+            elif not request_keyframe(self.stream):
+                log.debug("%s: no GOP cached and no publisher to ask; viewer waits", self.stream.key)
+
+    def remove(self, viewer: WhepSession) -> None:
+        try:
+            self.viewers.remove(viewer)
+        except ValueError:
+            return
+        if not self.viewers:
+            self.stream.drop_sink(SINK_KEY)
+
+
+class WhepSession(PeerSession):
+    """One WHEP viewer of one stream (or of the variant its codecs call for)."""
+
+    role = "whep"
+
+    def __init__(self, settings: Settings, matrix: planner.Matrix, stream: Stream, peer: str) -> None:
+        super().__init__(settings, stream.key, peer)
+        self.matrix = matrix
+        self.source = stream
+        self.media: Stream | None = None
+        self.plan: planner.Plan | None = None
+        self.output: WebRtcOutput | None = None
+        self.tracks: dict[str, PacketTrack] = {}
+        self.codecs: dict[str, str] = {}
+        self._last_pli = 0.0
+        self.plis = 0
+
+    async def start(self, offer: sdp.Offer) -> str:
+        kinds = offer.kinds()
+        for kind, m in kinds.items():
+            if m.direction not in ("recvonly", "sendrecv"):
+                raise SessionError(400, f"{kind} m-section is {m.direction}: a WHEP offer receives media")
+        await self._wait_tracks()
+        offers = {k: m.offered() for k, m in kinds.items()}
+        target = planner.TargetSpec("webrtc", offers)
+        try:
+            plan = planner.plan(self.matrix, self.source.tracks, target)
+        except ValueError as e:
+            raise SessionError(422, f"cannot plan this stream for WebRTC: {e}") from None
+        chosen: dict[str, int] = {}
+        for kind, tp in plan.tracks.items():
+            m = kinds.get(kind)
+            if m is None or isinstance(tp, planner.Drop):
+                continue
+            if isinstance(tp, planner.PassThrough):
+                codec_name, profile = tp.codec, self.source.tracks[kind].profile
+            else:
+                codec_name, profile = tp.to_codec, str(tp.params.get("profile", ""))
+            codec = (sdp.choose_h264(m.codecs, profile) if codec_name == "h264"
+                     else next((c for c in m.usable() if c.name == codec_name), None))
+            if codec is None:
+                continue
+            chosen[m.mid] = codec.pt
+            self.codecs[kind] = codec_name
+        if not chosen:
+            raise SessionError(422, f"no common codec: the stream has "
+                                    f"{ {k: t.codec for k, t in self.source.tracks.items()} }, "
+                                    f"the offer {offers}; {plan}")
+        self.plan = plan
+        answer = await self.answer(offer, chosen, self._add_tracks)
+        if self.closed:
+            raise SessionError(404, f"stream {self.key} ended")
+        self.media, _ = media_for(self.matrix, self.source, target)
+        self.output = self.media.sink(SINK_KEY, WebRtcOutput)
+        self.output.add(self)
+        log.info("%r: %s", self, plan)
+        return answer
+
+    async def _wait_tracks(self) -> None:
+        """A stream announced a moment ago may not know its tracks yet (WHIP before its keyframe)."""
+        deadline = time.monotonic() + self.settings.track_wait
+        while not self.source.tracks and not self.source.ended and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.source.ended:
+            raise SessionError(404, f"stream {self.key} ended")
+        if not self.source.tracks:
+            raise SessionError(503, f"stream {self.key} has no media yet")
+
+    def _add_tracks(self) -> None:
+        for kind in self.codecs:
+            track = PacketTrack(kind, self.settings)
+            sender = self.pc.addTrack(track)
+            self.tracks[kind] = track
+            if kind == "video":
+                seam.watch_sender(sender, self._viewer_wants_keyframe)
+
+    def on_connected(self) -> None:
+        if self.output is not None:
+            self.output.start_viewer(self)
+
+    def deliver(self, kind: str, packet: av.Packet, keyframe: bool) -> None:
+        track = self.tracks.get(kind)
+        if track is not None:
+            track.put(packet, keyframe)
+
+    def _viewer_wants_keyframe(self) -> None:
+        """PLI/FIR from the viewer: the publisher makes one, or the GOP cache answers."""
+        now = time.monotonic()
+        if now - self._last_pli < PLI_INTERVAL or self.media is None or self.output is None:
+            return
+        self._last_pli = now
+        self.plis += 1
+        if request_keyframe(self.media):
+            return
+        video = self.tracks.get("video")
+        if video is not None:
+            gop = self.output.squeezed_gop(after=video.last_pts_seconds)
+            if gop:
+                video.reset(gop)
+
+    @property
+    def first_frame_delay(self) -> float:
+        """Seconds from the session's creation to its first video (else audio) packet sent."""
+        t = self.tracks.get("video") or self.tracks.get("audio")
+        return t.first_sent_at - self.created if t is not None and t.first_sent_at else -1.0
+
+    def on_closing(self, reason: str) -> None:
+        for t in self.tracks.values():
+            t.stop()
+        if self.output is not None:
+            self.output.remove(self)
+
+    def stats(self) -> dict[str, object]:
+        return {"codecs": self.codecs, "plan": str(self.plan), "plis": self.plis,
+                "tracks": {k: {"sent": t.sent, "drops": t.drops} for k, t in self.tracks.items()}}
+
+
+# -- a WHEP client (tests, bench) ------------------------------------------------------------------
+
+
+class WhepClient:
+    """Plays a WHEP endpoint with aiortc; ``on_track`` sees each receiver before media flows."""
+
+    def __init__(self, url: str, *, video_codecs: tuple[str, ...] = ("h264", "vp8"),
+                 audio: bool = True, video: bool = True,
+                 ice_hosts: tuple[str, ...] | None = ("127.0.0.1",)) -> None:
+        self.url = url
+        self.video_codecs = video_codecs
+        self.ice_hosts = ice_hosts
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.location = ""
+        self.answer = ""
+        self.kinds = [k for k, on in (("video", video), ("audio", audio)) if on]
+
+    async def start(self, on_track=None) -> None:  # type: ignore[no-untyped-def]
+        from aiortc import RTCRtpReceiver
+
+        for kind in self.kinds:
+            t = self.pc.addTransceiver(kind, direction="recvonly")
+            if kind == "video":
+                caps = RTCRtpReceiver.getCapabilities("video").codecs
+                prefs = [c for name in self.video_codecs for c in caps if c.name.lower() == name]
+                prefs += [c for c in caps if c.name.lower() == "rtx"]
+                t.setCodecPreferences(prefs)
+        with seam.ice_hosts(self.ice_hosts):
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(self.url, data=self.pc.localDescription.sdp,
+                                 headers={"Content-Type": "application/sdp"}) as r:
+                body = await r.text()
+                if r.status != 201:
+                    raise SessionError(r.status, body.strip())
+                self.location = str(r.url.join(aiohttp.client.URL(r.headers["Location"])))
+                self.answer = body
+        await self.pc.setRemoteDescription(RTCSessionDescription(self.answer, "answer"))
+        if on_track is not None:
+            for t in self.pc.getTransceivers():
+                on_track(t.receiver, t.kind)
+
+    async def close(self) -> None:
+        if self.location:
+            try:
+                async with aiohttp.ClientSession() as http:
+                    async with http.delete(self.location) as r:
+                        await r.read()
+            except aiohttp.ClientError:
+                pass
+            self.location = ""
+        await self.pc.close()
