@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import aiohttp
 
@@ -128,7 +128,7 @@ class Chromium:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def __aenter__(self) -> Chromium:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -148,7 +148,8 @@ class Chromium:
             *self.extra_args,
             "about:blank",
         ]
-        self._proc = subprocess.Popen(
+        # Popen only forks; the waiting happens in _wait_port without blocking the loop.
+        self._proc = subprocess.Popen(  # noqa: ASYNC220
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         try:
@@ -266,7 +267,9 @@ class Chromium:
         """Call ``listener(method, params)`` for every CDP event (e.g. ``Network.*`` once enabled)."""
         self._listeners.append(listener)
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    async def send(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         """One raw CDP command on the page session; returns its ``result``."""
         if self._ws is None:
             raise ChromiumError("not started")

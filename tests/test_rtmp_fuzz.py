@@ -5,15 +5,20 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_rtmp_chunk import write_compressed
 
 from gateway.protocols.rtmp import amf0
-from gateway.protocols.rtmp.chunk import ChunkError, ChunkReader, Message, encode_message
+from gateway.protocols.rtmp.chunk import (
+    ChunkError,
+    ChunkReader,
+    Message,
+    encode_message,
+)
 from gateway.protocols.rtmp.connection import ClientConnection, ServerConnection
 from gateway.protocols.rtmp.handshake import HANDSHAKE_SIZE
 from gateway.protocols.rtmp.messages import RtmpError
-from test_rtmp_chunk import write_compressed
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

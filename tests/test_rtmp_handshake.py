@@ -31,7 +31,7 @@ def sha(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
-def offset(packet: bytes, base: int) -> int:
+def offset(packet: bytes | bytearray, base: int) -> int:
     return sum(packet[base : base + 4]) % 728 + base + 4
 
 

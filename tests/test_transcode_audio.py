@@ -7,6 +7,7 @@ where it sits in the source (decoded by PyAV's container path, independently of 
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 from dataclasses import replace
@@ -243,8 +244,8 @@ def test_duplicates_dropped_and_jumps_reanchor(sources: dict[str, Path]) -> None
     out = run(step, feed)
     assert step.dropped == 1
     times = [float(f.pts * f.time_base) for f in out]
-    assert all(b > a for a, b in zip(times, times[1:]))
-    assert any(b - a > 9 for a, b in zip(times, times[1:]))
+    assert all(b > a for a, b in itertools.pairwise(times))
+    assert any(b - a > 9 for a, b in itertools.pairwise(times))
     start_after = next(t for t in times if t > 9)
     assert abs(start_after - float(shifted[0].pts * shifted[0].time_base)) < 0.05
 
@@ -261,11 +262,11 @@ def test_corrupt_frame_is_skipped_not_fatal(sources: dict[str, Path]) -> None:
 
 def test_aac_without_config_and_opus_without_head(sources: dict[str, Path]) -> None:
     """Tracks that only know rate/channels (e.g. RTP Opus) still decode."""
-    track, frames = demux(sources["opus"])
+    _, frames = demux(sources["opus"])
     bare = Track("audio", "opus", b"", sample_rate=48000, channels=2)
     out = run(AudioTranscoder(bare, "aac"), [replace(f, track=bare) for f in frames])
     assert out and out[0].track.config  # the ASC
-    aac_track, aac_frames = demux(sources["aac"])
+    _, aac_frames = demux(sources["aac"])
     bare_aac = Track("audio", "aac", b"", sample_rate=44100, channels=2)
     out = run(AudioTranscoder(bare_aac, "opus"), [replace(f, track=bare_aac) for f in aac_frames])
     assert len(out) > 100 and out[0].track.config.startswith(b"OpusHead")
@@ -295,4 +296,16 @@ def test_factory_builds_audio_steps_from_plans(sources: dict[str, Path]) -> None
     step = make_step(t, track)
     out = run(step, frames[:50])  # type: ignore[arg-type]
     assert out[0].track.codec == "mp2" and out[0].track.sample_rate == 44100
+    step.close()
+
+
+def test_flush_ends_a_segment_and_the_step_can_start_again(sources: dict[str, Path]) -> None:
+    track, frames = demux(sources["aac"])
+    step = AudioTranscoder(track, "opus")
+    first = run(step, frames[:40])
+    later = [replace(f, pts=f.pts + 60_000, dts=f.dts + 60_000) for f in frames[40:80]]
+    second = run(step, later)
+    assert first[0].track is not second[0].track  # a new segment is a new configuration
+    assert abs(float(second[0].pts * second[0].time_base) - 60 - float(
+        frames[40].pts * frames[40].time_base)) < 0.001
     step.close()

@@ -381,7 +381,7 @@ class TsMuxer:
             discontinuity = True
             self._audio_disc = True
         elif not has_video and (
-            self._psi_due or self._last_psi is None or dts - self._last_psi >= self._psi_interval
+            self._psi_due or self._last_psi is None or abs(dts - self._last_psi) >= self._psi_interval
         ):
             parts.append(self._psi())
             self._psi_due = False
@@ -394,7 +394,7 @@ class TsMuxer:
             discontinuity = True
             self._audio_disc = False
 
-        payload = self._payload(stream, frame, keyframe)
+        payload = self._payload(stream, frame)
         parts.append(
             self._packetize(
                 stream,
@@ -408,7 +408,7 @@ class TsMuxer:
         )
         return b"".join(parts)
 
-    def _payload(self, stream: _MuxStream, frame: Frame, keyframe: bool) -> list[_Buf]:
+    def _payload(self, stream: _MuxStream, frame: Frame) -> list[_Buf]:
         codec = stream.track.codec
         data = frame.data
         if codec == "h264":
@@ -526,7 +526,8 @@ def parse_mpeg_video_sequence(data: _Buf, at: int = 0) -> MpegVideoSequence:
     bitrate = (b[8] << 10) | (b[9] << 2) | (b[10] >> 6)
     if not width or not height or not 0 < rate_code < len(_MPEG_VIDEO_RATES):
         raise TsError("invalid MPEG video sequence header")
-    return MpegVideoSequence(width, height, _MPEG_VIDEO_RATES[rate_code], 0 if bitrate == 0x3FFFF else bitrate * 400)
+    rate = _MPEG_VIDEO_RATES[rate_code]
+    return MpegVideoSequence(width, height, rate, 0 if bitrate == 0x3FFFF else bitrate * 400)
 
 
 # kbit/s by [version is MPEG-1][layer][index]; layer 1 = I, 2 = II, 3 = III
@@ -1017,6 +1018,9 @@ class TsDemuxer:
         state.size = 0
         state.active = False
         if state.expected:
+            if len(data) < state.expected:
+                self.errors += 1  # cut short by the next PES start: packets were lost
+                return
             data = data[: state.expected]
         if state.es.unsupported:
             return

@@ -141,5 +141,7 @@ def make_app(ctx: Context) -> web.Application:
     app[CTX] = ctx
     app.router.add_get("/api/streams", streams)
     app.router.add_get("/{app}/{name}.flv", flv)
+    from .webrtc_http import add_routes as add_webrtc_routes  # imports this module: not at top
+    add_webrtc_routes(app)
     app.router.add_route("OPTIONS", "/{tail:.*}", options)
     return app

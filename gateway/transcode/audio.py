@@ -53,8 +53,16 @@ _SAMPLE_FORMATS: Final[tuple[str, ...]] = ("fltp", "flt", "s16p", "s16")
 _FFMPEG_ERRORS: Final = (av.FFmpegError, ValueError)
 
 
+_LAYOUTS: Final[dict[int, str]] = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1",
+                                   7: "6.1", 8: "7.1"}  # AAC's channel configurations
+
+
 def _layout_name(channels: int) -> str:
-    return {1: "mono", 2: "stereo"}.get(channels) or av.AudioLayout(channels).name
+    """FFmpeg layout name for a channel count (PyAV takes names, not counts)."""
+    try:
+        return _LAYOUTS[channels]
+    except KeyError:
+        raise ValueError(f"unsupported channel count {channels}") from None
 
 
 def _silence(fmt: str, layout: str, rate: int, samples: int) -> AudioFrame:
@@ -99,7 +107,7 @@ class AudioTranscoder:
         self.to_codec = to_codec
         self.bitrate = bitrate or {"opus": 64_000}.get(to_codec, 128_000)
         self._want_rate = sample_rate or source.sample_rate or 48_000
-        self._want_channels = channels or source.channels or 2
+        self._want_channels = min(channels or source.channels or 2, 8)
         self._options = dict(options or {})
         self.errors = 0
         self.dropped = 0
@@ -215,12 +223,12 @@ class AudioTranscoder:
                 self._error("cannot open the %s decoder: %s", track.codec, e)
                 return []
         self._dec_track = track
+        tb = self._dec_tb
+        assert tb is not None
         packet = av.Packet(frame.data)
-        pts = frame.pts
-        if frame.time_base != self._dec_tb:
-            pts = round(pts * frame.time_base / self._dec_tb)  # type: ignore[operator]
+        pts = frame.pts if frame.time_base == tb else round(frame.pts * frame.time_base / tb)
         packet.pts = packet.dts = pts
-        packet.time_base = self._dec_tb
+        packet.time_base = tb
         return self._decode_packet(packet)
 
     def _decode_packet(self, packet: av.Packet | None) -> list[AudioFrame]:

@@ -127,6 +127,7 @@ class VideoTranscoder:
         self._dec: VideoCodecContext | None = None
         self._dec_track: Track | None = None
         self._dec_tb: Fraction | None = None
+        self._bad_track: Track | None = None
         self._annexb_input = False  # source h264 without avcC: parameter sets are in-band
         self._need_key = True
         self._enc: VideoCodecContext | None = None
@@ -148,14 +149,19 @@ class VideoTranscoder:
             out += self._encode_all(self._decode_packet(None))  # the old configuration's tail
             self._dec = None
             self._need_key = True
-        if self._need_key:
-            if not self._is_key(frame):
+        if self._need_key and not self._is_key(frame):
+            self.skipped += 1
+            return out
+        if self._dec is None:
+            if track is self._bad_track:
                 self.skipped += 1
                 return out
-        if self._dec is None:
             try:
+                if track.codec not in DECODERS:
+                    raise ValueError(f"cannot decode video codec {track.codec!r}")
                 self._open_decoder(track, frame.time_base)
-            except _FFMPEG_ERRORS as e:
+            except (*_FFMPEG_ERRORS, h264.H264Error) as e:
+                self._bad_track = track  # don't retry (and log) on every frame of this track
                 self._error("cannot open the %s decoder: %s", track.codec, e)
                 return out
         self._dec_track = track
@@ -170,12 +176,14 @@ class VideoTranscoder:
         except h264.H264Error as e:
             self._error("malformed h264 access unit: %s", e)
             return out
+        tb = self._dec_tb
+        assert tb is not None
         pts, dts = frame.pts, frame.dts
-        if frame.time_base != self._dec_tb:
-            pts = round(pts * frame.time_base / self._dec_tb)  # type: ignore[operator]
-            dts = round(dts * frame.time_base / self._dec_tb)  # type: ignore[operator]
+        if frame.time_base != tb:
+            pts = round(pts * frame.time_base / tb)
+            dts = round(dts * frame.time_base / tb)
         packet.pts, packet.dts = pts, dts
-        packet.time_base = self._dec_tb
+        packet.time_base = tb
         if frame.keyframe:
             packet.is_keyframe = True
         out += self._encode_all(self._decode_packet(packet))
@@ -319,8 +327,9 @@ class VideoTranscoder:
                 src = (self._last_pts or 0) + max(1, round(self._enc_tb / out_tb))
             elif self._dec_tb is not None and self._dec_tb != out_tb:
                 src = round(src * self._dec_tb / out_tb)
-            if self._last_pts is not None and src <= self._last_pts:
-                src = self._last_pts + 1  # keep output strictly increasing (dts == pts)
+            last = self._last_pts
+            if last is not None and src <= last and (last - src) * out_tb < 1:
+                src = last + 1  # jitter: keep output strictly increasing (dts == pts)
             self._last_pts = src
             assert self._enc is not None
             if (vf.width, vf.height, vf.format.name) != (

@@ -29,6 +29,7 @@ from .handshake import ClientHandshake, HandshakeError, ServerHandshake
 from .messages import MessageError, RtmpError
 
 __all__ = [
+    "UNDEFINED",
     "AMF0Error",
     "ChunkError",
     "ChunkReader",
@@ -56,7 +57,6 @@ __all__ = [
     "ServerHandshake",
     "Status",
     "StreamCreated",
-    "UNDEFINED",
     "UserControlReceived",
     "encode_message",
 ]

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
+    "MAX_DEPTH",
+    "UNDEFINED",
     "AMF0Error",
     "Date",
     "Decoder",
     "ECMAArray",
-    "MAX_DEPTH",
     "TypedObject",
-    "UNDEFINED",
     "XMLDocument",
     "decode",
     "decode_all",
@@ -228,7 +228,7 @@ class Decoder:
     References (marker 0x07) resolve against the complex values read so far by this decoder.
     """
 
-    __slots__ = ("_data", "_end", "offset", "_refs", "_max_depth")
+    __slots__ = ("_data", "_end", "_max_depth", "_refs", "offset")
 
     def __init__(
         self, data: bytes | bytearray | memoryview, offset: int = 0, max_depth: int = MAX_DEPTH

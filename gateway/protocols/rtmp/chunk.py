@@ -22,13 +22,13 @@ from typing import Final
 from .messages import ABORT, AUDIO, SET_CHUNK_SIZE, VIDEO, RtmpError
 
 __all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_CHUNK_SIZE",
     "ChunkError",
     "ChunkReader",
     "Message",
     "encode_message",
-    "DEFAULT_CHUNK_SIZE",
-    "MAX_CHUNK_SIZE",
-    "DEFAULT_MAX_MESSAGE_SIZE",
 ]
 
 DEFAULT_CHUNK_SIZE: Final = 128
@@ -69,17 +69,17 @@ class _ChunkStream:
     """Per-csid header state plus the message being reassembled on it."""
 
     __slots__ = (
-        "timestamp",
+        "buffered",
         "delta",
-        "length",
-        "type_id",
-        "stream_id",
         "ext",
         "ext_value",
-        "remaining",
-        "parts",
         "keep",
-        "buffered",
+        "length",
+        "parts",
+        "remaining",
+        "stream_id",
+        "timestamp",
+        "type_id",
     )
 
     def __init__(self) -> None:

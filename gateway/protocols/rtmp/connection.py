@@ -19,7 +19,13 @@ from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl
 
 from . import amf0
-from .chunk import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_MESSAGE_SIZE, ChunkReader, Message, encode_message
+from .chunk import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ChunkReader,
+    Message,
+    encode_message,
+)
 from .handshake import ClientHandshake, ServerHandshake
 from .messages import (
     ACK,
@@ -65,24 +71,24 @@ from .messages import (
 )
 
 __all__ = [
-    "ServerConnection",
     "ClientConnection",
-    "RtmpProtocolError",
-    "LocalProtocolError",
-    "Connected",
-    "PublishRequested",
-    "PlayRequested",
-    "MediaReceived",
-    "DataReceived",
-    "PublishStopped",
-    "PlayStopped",
-    "ConnectResult",
-    "StreamCreated",
-    "Status",
-    "CommandResult",
     "CommandReceived",
-    "UserControlReceived",
+    "CommandResult",
+    "ConnectResult",
+    "Connected",
+    "DataReceived",
     "Event",
+    "LocalProtocolError",
+    "MediaReceived",
+    "PlayRequested",
+    "PlayStopped",
+    "PublishRequested",
+    "PublishStopped",
+    "RtmpProtocolError",
+    "ServerConnection",
+    "Status",
+    "StreamCreated",
+    "UserControlReceived",
 ]
 
 FMS_VERSION: Final = "FMS/3,5,7,7009"
@@ -365,7 +371,7 @@ _PLAY: Final = "play"
 
 
 class _Stream:
-    __slots__ = ("mode", "accepted", "name")
+    __slots__ = ("accepted", "mode", "name")
 
     def __init__(self) -> None:
         self.mode: str | None = None  # _PUBLISH, _PLAY or None

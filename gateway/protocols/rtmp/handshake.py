@@ -21,13 +21,13 @@ from typing import Final
 from .messages import RtmpError
 
 __all__ = [
+    "FMS_KEY",
+    "FP_KEY",
+    "HANDSHAKE_SIZE",
+    "RTMP_VERSION",
+    "ClientHandshake",
     "HandshakeError",
     "ServerHandshake",
-    "ClientHandshake",
-    "RTMP_VERSION",
-    "HANDSHAKE_SIZE",
-    "FP_KEY",
-    "FMS_KEY",
     "digest_position",
     "find_digest",
     "make_digest_packet",
@@ -60,7 +60,7 @@ def _hmac(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
-def digest_position(packet: bytes, schema: int) -> int:
+def digest_position(packet: bytes | bytearray, schema: int) -> int:
     """Offset of the 32-byte digest in a 1536-byte C1/S1 for ``schema`` 0 or 1."""
     block = 772 if schema == 0 else 8
     return sum(packet[block : block + 4]) % 728 + block + 4

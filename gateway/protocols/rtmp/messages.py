@@ -14,23 +14,23 @@ from typing import Any, Final
 from . import amf0
 
 __all__ = [
-    "RtmpError",
-    "MessageError",
     "Command",
+    "MessageError",
+    "RtmpError",
     "UserControl",
-    "pack_set_chunk_size",
     "pack_abort",
     "pack_acknowledgement",
-    "pack_window_ack_size",
-    "pack_set_peer_bandwidth",
-    "pack_user_control",
     "pack_command",
+    "pack_set_chunk_size",
+    "pack_set_peer_bandwidth",
     "pack_status",
-    "unpack_u32",
-    "unpack_user_control",
+    "pack_user_control",
+    "pack_window_ack_size",
+    "split_aggregate",
     "unpack_command",
     "unpack_data",
-    "split_aggregate",
+    "unpack_u32",
+    "unpack_user_control",
 ]
 
 
