@@ -7,13 +7,13 @@ converted between AVCC and Annex B and AAC between raw frames and ADTS here, at 
 **Shared output.** ``TsMuxer.mux(frame)`` is called once per frame and the same bytes go to
 every viewer, whichever frame it joined at. So:
 
-* every video keyframe's bytes start with PAT + PMT, and ``header()`` (PAT + PMT, pure) can be
-  sent first to a viewer joining anywhere;
+* every video keyframe's bytes start with PAT + PMT (in an audio-only stream, the bytes of an
+  audio frame every ``psi_interval``), and ``header()`` (PAT + PMT, pure) can go first to anyone;
 * continuity counters run per PID over the whole stream, so a viewer that joined late or skipped
   ahead to a keyframe sees a counter jump. To make that legal, the PAT/PMT packets, the first
-  packet of each keyframe and the first audio packet after a keyframe carry
-  ``discontinuity_indicator``. FFmpeg then reports no continuity error; jsmpeg ignores counters.
-  On the PCR PID that flag formally announces a time-base discontinuity, which is harmless here
+  packet of each keyframe and the first audio packet after a keyframe (or after PAT/PMT in an
+  audio-only stream) carry ``discontinuity_indicator``. FFmpeg then reports no continuity
+  error; jsmpeg ignores counters. On the PCR PID that flag formally announces a time-base discontinuity, which is harmless here
   because the PCR carried in the same packet continues the old time base.
 
 **jsmpeg specifics** (it ignores PAT/PMT and finds streams by PES ``stream_id``): video uses

@@ -18,6 +18,7 @@ from ..hub.fanout import Viewer, http_chunk, ws_binary
 from ..hub.stream import HubError, Stream
 from ..transcode.variant import media_for
 from ..outputs.flv import FlvOutput
+from ..static import asset_candidates, find_asset
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,17 @@ async def streams(request: web.Request) -> web.Response:
     return web.json_response({"streams": out}, headers=CORS)
 
 
+async def static_asset(request: web.Request) -> web.StreamResponse:
+    """Browser players installed from npm (never vendored), see ``gateway/static``."""
+    name = request.match_info["file"]
+    path = find_asset(name)
+    if path is None:
+        tried = ", ".join(str(p) for p in asset_candidates(name)) or "unknown asset"
+        raise web.HTTPNotFound(text=f"{name} is not installed (run `npm ci`); looked in: {tried}\n",
+                               headers=CORS)
+    return web.FileResponse(path, headers={**CORS, "Content-Type": "application/javascript"})
+
+
 async def options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=CORS)
 
@@ -141,7 +153,12 @@ def make_app(ctx: Context) -> web.Application:
     app[CTX] = ctx
     app.router.add_get("/api/streams", streams)
     app.router.add_get("/{app}/{name}.flv", flv)
-    from .webrtc_http import add_routes as add_webrtc_routes  # imports this module: not at top
+    app.router.add_get("/_static/{file}", static_asset)
+    # these modules import this one (CORS, helpers), so they are imported here, not at the top
+    from .h5_http import add_routes as add_h5_routes
+    from .webrtc_http import add_routes as add_webrtc_routes
+
+    add_h5_routes(app)
     add_webrtc_routes(app)
     app.router.add_route("OPTIONS", "/{tail:.*}", options)
     return app

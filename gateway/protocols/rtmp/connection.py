@@ -300,6 +300,11 @@ class _Connection:
         self._acked_at = 0
         self._failure: str | None = None
 
+    @property
+    def peer_window_ack_size(self) -> int:
+        """The peer's Window Acknowledgement Size (0 until announced): we ack every N bytes."""
+        return self._peer_window
+
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer now (empty when there is nothing)."""
         if not self._out:

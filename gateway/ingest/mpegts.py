@@ -1,0 +1,49 @@
+"""MPEG-TS ingest (the ``h5`` protocol): TS bytes from an HTTP POST body or a WebSocket.
+
+Demuxing runs in a worker thread (``run_in_executor``), one chunk at a time, so the event loop
+only moves bytes, and awaiting each chunk gives TCP back-pressure to a too-fast publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..hub.stream import Stream
+from ..media import Frame
+from ..protocols.mpegts import TsDemuxer, TsError
+
+log = logging.getLogger(__name__)
+
+
+class TsIngest:
+    """Feeds one publisher's TS bytes to the hub; ``IngestError`` text is the reason to log."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.demuxer = TsDemuxer()
+        self.bytes_in = 0
+
+    async def feed(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        loop = asyncio.get_running_loop()
+        frames = await loop.run_in_executor(None, self.demuxer.receive_data, data)
+        self._push(frames)
+
+    def finish(self) -> None:
+        try:
+            self._push(self.demuxer.flush())
+        except TsError:
+            pass
+
+    def _push(self, frames: list[Frame]) -> None:
+        stream = self.stream
+        if stream.ended:
+            return
+        for f in frames:
+            if stream.tracks.get(f.track.kind) is not f.track:
+                stream.set_track(f.track)
+            stream.push(f)
+
+
+__all__ = ["TsIngest", "TsError"]

@@ -1,0 +1,116 @@
+"""The ``h5`` protocol over HTTP: jsmpeg egress (MPEG-TS over WebSocket) and TS ingest (POST / WS).
+
+Egress: ``ws://HOST/{app}/{stream}.jsmpeg`` (also plain ``GET`` for TS-reading tools), MPEG-1
+video + MP2 audio from the planner's ``h5`` variant. Ingest: ``POST`` or WebSocket on
+``/{app}/{stream}.ts`` carrying MPEG-TS as the FFmpeg CLI sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import WSMsgType, web
+
+from ..hub.fanout import Viewer, http_chunk, ws_binary
+from ..hub.stream import HubError, Stream
+from ..ingest.mpegts import TsIngest
+from ..media import StreamInfo
+from ..outputs.jsmpeg import JsmpegOutput
+from ..protocols.mpegts import TsError
+from ..transcode.variant import media_for
+from .http import CORS, CTX, _key, _peer, _resolve, _stream
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 64 << 10
+
+
+async def jsmpeg(request: web.Request) -> web.StreamResponse:
+    stream = _stream(request)
+    ctx = request.app[CTX]
+    media, plan = media_for(ctx.matrix, stream, "h5")
+    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    transport = request.transport
+    assert transport is not None
+    if websocket:
+        resp: web.StreamResponse = web.WebSocketResponse(compress=False, max_msg_size=1 << 16)
+        await resp.prepare(request)
+    else:
+        resp = web.StreamResponse(headers={**CORS, "Content-Type": "video/mp2t",
+                                           "Cache-Control": "no-cache"})
+        resp.enable_chunked_encoding()
+        resp.force_close()
+        await resp.prepare(request)
+        await resp.write(b"")
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_end(reason: str) -> None:
+        _resolve(done, reason)
+        if isinstance(resp, web.WebSocketResponse) and not resp.closed:
+            asyncio.ensure_future(resp.close(message=reason[:100].encode()))
+
+    label = f"{'ws' if websocket else 'http'}-jsmpeg {_peer(request)}"
+    viewer = Viewer(transport, label, on_end)
+    output = media.sink("jsmpeg", lambda s: JsmpegOutput(s, "jsmpeg", ctx.config.limits))
+    fanout = output.add_viewer("ws" if websocket else "http", ws_binary if websocket else http_chunk,
+                               viewer)
+    log.info("%s: playing %s (%s)", label, stream.key, plan)
+    try:
+        if isinstance(resp, web.WebSocketResponse):
+            async for msg in resp:
+                if msg.type == WSMsgType.ERROR:
+                    break
+        else:
+            await done
+    finally:
+        output.remove_viewer(fanout, viewer)
+    if not isinstance(resp, web.WebSocketResponse) and not transport.is_closing():
+        await resp.write_eof()
+    return resp
+
+
+def _publish(request: web.Request) -> tuple[Stream, TsIngest]:
+    key = _key(request)
+    try:
+        stream = request.app[CTX].hub.publish(key, StreamInfo("h5"), f"ts {_peer(request)}")
+    except HubError as e:
+        raise web.HTTPConflict(text=f"{e}\n", headers=CORS) from None
+    return stream, TsIngest(stream)
+
+
+async def ts_ingest(request: web.Request) -> web.StreamResponse:
+    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+    if not websocket and request.method != "POST":
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"], headers=CORS)
+    stream, ingest = _publish(request)
+    hub = request.app[CTX].hub
+    reason = "publisher finished"
+    try:
+        if websocket:
+            ws = web.WebSocketResponse(compress=False, max_msg_size=4 << 20)
+            await ws.prepare(request)
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    await ingest.feed(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+            return ws
+        while chunk := await request.content.read(READ_CHUNK):
+            await ingest.feed(chunk)
+        return web.Response(status=200, text=f"received {ingest.bytes_in} bytes\n", headers=CORS)
+    except TsError as e:
+        reason = f"bad MPEG-TS: {e}"
+        log.warning("ts %s: %s: %s", _peer(request), stream.key, reason)
+        raise web.HTTPBadRequest(text=f"{reason}\n", headers=CORS) from None
+    except (ConnectionError, asyncio.CancelledError):
+        reason = "publisher disconnected"
+        raise
+    finally:
+        ingest.finish()
+        hub.unpublish(stream, reason)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/{app}/{name}.jsmpeg", jsmpeg)
+    app.router.add_route("*", "/{app}/{name}.ts", ts_ingest)

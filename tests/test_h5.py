@@ -1,0 +1,191 @@
+"""The ``h5`` protocol end to end: jsmpeg egress (MPEG-TS over WebSocket) and MPEG-TS ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import av
+import pytest
+
+from conftest import FFMPEG, RunningGateway
+from flvcheck import capture, probe
+from gateway.transcode.step import COUNTERS
+
+
+async def _ws_collect(url: str, seconds: float, sizes: list[int] | None = None) -> bytes:
+    buf = bytearray()
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            msg = await ws.receive(timeout=10)
+            assert msg.type == aiohttp.WSMsgType.BINARY, msg
+            if sizes is not None:
+                sizes.append(len(msg.data))
+            buf += msg.data
+    return bytes(buf)
+
+
+def _decode_ts(data: bytes) -> dict[str, list]:
+    """Decode with PyAV (libavformat's TS demuxer); returns frames per kind."""
+    out: dict[str, list] = {"video": [], "audio": []}
+    with av.open(io.BytesIO(data), format="mpegts") as c:
+        kinds = {s.index: s.type for s in c.streams}
+        codecs = {s.type: s.codec_context.name for s in c.streams}
+        for packet in c.demux():
+            for frame in packet.decode():
+                out[kinds[packet.stream_index]].append(frame)
+    out["codecs"] = [codecs]  # type: ignore[list-item]
+    return out
+
+
+def test_rtmp_to_jsmpeg_websocket(gateway: RunningGateway, publish, clips) -> None:
+    publish(clips["bframes"], "live/cam")
+    sizes: list[int] = []
+    data = asyncio.run(_ws_collect(gateway.ws_url("live/cam.jsmpeg"), 3.0, sizes))
+    assert sizes and all(n % 188 == 0 for n in sizes), "a WS message split a TS packet"
+    assert data[0] == 0x47
+    # the first video payload starts with an MPEG-1 sequence header (00 00 01 B3) and an I-frame
+    seq, pic = data.find(b"\x00\x00\x01\xb3"), data.find(b"\x00\x00\x01\x00")
+    assert 0 <= seq < pic < 188 * 8, (seq, pic)
+    frames = _decode_ts(data)
+    assert frames["codecs"][0] == {"video": "mpeg1video", "audio": "mp2"}
+    assert len(frames["video"]) >= 45, len(frames["video"])
+    first = frames["video"][0]
+    assert first.key_frame and first.pict_type.name == "I"
+    assert (first.width, first.height) == (640, 360)
+    assert len(frames["audio"]) >= 50
+    # A/V stay together: the ranges of timestamps overlap within 100 ms at both ends
+    v0, a0 = frames["video"][0].time, frames["audio"][0].time
+    v1, a1 = frames["video"][-1].time, frames["audio"][-1].time
+    assert abs(v0 - a0) < 0.1 + 0.05, (v0, a0)  # + one audio frame of jitter at the start
+    assert abs(v1 - a1) < 0.15, (v1, a1)
+
+
+def test_jsmpeg_viewers_share_one_transcoder_and_it_stops(gateway: RunningGateway, publish,
+                                                           clips) -> None:
+    publish(clips["plain"], "live/cam")
+    stream = gateway.gw.hub.streams["live/cam"]
+    before = COUNTERS.snapshot()
+
+    async def two_viewers() -> None:
+        await asyncio.gather(_ws_collect(gateway.ws_url("live/cam.jsmpeg"), 2.0),
+                             _ws_collect(gateway.ws_url("live/cam.jsmpeg"), 2.5))
+
+    async def watch() -> int:
+        task = asyncio.ensure_future(two_viewers())
+        await asyncio.sleep(1.5)
+        variants = [k for k in stream.sinks if isinstance(k, tuple) and k[0] == "variant"]
+        await task
+        return len(variants)
+
+    assert asyncio.run(watch()) == 1  # one variant for both viewers
+    after = COUNTERS.snapshot()
+    assert after["encoders_opened"] - before["encoders_opened"] == 2  # MPEG-1 + MP2, once
+    deadline = time.monotonic() + 5
+    while any(isinstance(k, tuple) for k in stream.sinks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(isinstance(k, tuple) for k in stream.sinks), "variant kept after last viewer"
+
+
+def test_passthrough_decodes_nothing(gateway: RunningGateway, publish, clips, tmp_path: Path) -> None:
+    publish(clips["plain"], "live/cam")
+    before = COUNTERS.snapshot()
+    r = capture(gateway.rtmp_url("live/cam"), tmp_path / "a.flv", 2.0)
+    assert r.returncode == 0, r.stderr
+    r = capture(gateway.http_url("live/cam.flv"), tmp_path / "b.flv", 2.0)
+    assert r.returncode == 0, r.stderr
+    assert COUNTERS.snapshot() == before
+
+
+def _h5_publisher(url: str, seconds: int = 30, codecs: str = "mpeg1") -> subprocess.Popen:
+    if codecs == "mpeg1":
+        c = ["-c:v", "mpeg1video", "-b:v", "1M", "-bf", "0", "-g", "15", "-c:a", "mp2", "-b:a", "128k"]
+    else:
+        c = ["-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-bf", "0", "-c:a", "aac"]
+    return subprocess.Popen(
+        [FFMPEG, "-hide_banner", "-v", "error", "-re", "-f", "lavfi", "-i",
+         "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+         "-t", str(seconds), *c, "-f", "mpegts", url],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("codecs", ["mpeg1", "h264"])
+def test_h5_publish_to_rtmp_and_http_flv(gateway: RunningGateway, tmp_path: Path, codecs: str) -> None:
+    pub = _h5_publisher(gateway.http_url("live/h5.ts"), codecs=codecs)
+    try:
+        gateway.wait_stream("live/h5", timeout=10)
+        s = gateway.gw.hub.streams["live/h5"]
+        assert s.info.protocol == "h5"
+        want = {"video": "mpeg1video", "audio": "mp2"} if codecs == "mpeg1" else {"video": "h264", "audio": "aac"}
+        assert {k: t.codec for k, t in s.tracks.items()} == want
+        for url in (gateway.rtmp_url("live/h5"), gateway.http_url("live/h5.flv")):
+            out = tmp_path / "h5.flv"
+            r = capture(url, out, 2.0)
+            assert r.returncode == 0, r.stderr
+            p = probe(out)
+            assert p.codecs == {"video": "h264", "audio": "aac"}
+            assert not p.decode_errors, p.decode_errors
+            assert len(p.video_dts) >= 40 and len(p.audio_dts) >= 50
+            assert all(b > a for a, b in zip(p.video_dts, p.video_dts[1:]))
+    finally:
+        pub.terminate()
+        pub.wait(5)
+
+
+def test_h5_publish_to_jsmpeg_passes_through(gateway: RunningGateway) -> None:
+    pub = _h5_publisher(gateway.http_url("live/h5.ts"))
+    try:
+        gateway.wait_stream("live/h5", timeout=10)
+        before = COUNTERS.snapshot()
+        data = asyncio.run(_ws_collect(gateway.ws_url("live/h5.jsmpeg"), 2.0))
+        assert COUNTERS.snapshot() == before  # MPEG-1/MP2 in, MPEG-1/MP2 out: nothing decoded
+        frames = _decode_ts(data)
+        assert frames["codecs"][0] == {"video": "mpeg1video", "audio": "mp2"}
+        assert frames["video"][0].key_frame and len(frames["video"]) >= 30
+    finally:
+        pub.terminate()
+        pub.wait(5)
+
+
+def test_h5_publish_over_websocket_and_second_publisher_refused(gateway: RunningGateway) -> None:
+    src = subprocess.run(
+        [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi",
+         "-i", "sine", "-t", "3", "-c:v", "mpeg1video", "-bf", "0", "-g", "15", "-c:a", "mp2",
+         "-f", "mpegts", "-"], capture_output=True, check=True, timeout=60).stdout
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/wsin.ts")) as ws:
+            for i in range(0, len(src) // 3, 188 * 20):
+                await ws.send_bytes(src[i:i + 188 * 20])
+            deadline = time.monotonic() + 5
+            while "live/wsin" not in gateway.gw.hub.streams and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            stream = gateway.gw.hub.streams["live/wsin"]
+            async with s.post(gateway.http_url("live/wsin.ts"), data=b"\x47" + bytes(187)) as r:
+                assert r.status == 409  # one publisher per key
+            for i in range(len(src) // 3, len(src), 188 * 20):
+                await ws.send_bytes(src[i:i + 188 * 20])
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.3)
+            assert stream.frames_in > 60
+            assert {t.codec for t in stream.tracks.values()} == {"mpeg1video", "mp2"}
+
+    asyncio.run(run())
+    time.sleep(0.3)
+    assert "live/wsin" not in gateway.gw.hub.streams  # ended with the WebSocket
+
+
+def test_garbage_ts_post_gets_clear_error(gateway: RunningGateway) -> None:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(gateway.http_url("live/junk.ts"), data=b"hello" * 50000, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=10)
+    assert e.value.code == 400
+    assert "MPEG-TS" in e.value.read().decode()

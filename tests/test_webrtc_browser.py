@@ -1,0 +1,73 @@
+"""The gateway's own pages in headless Chromium: publish the fake camera over WHIP, play it back
+over WHEP in a <video>, and read the same stream with the FFmpeg CLI over HTTP-FLV.
+
+Chromium never gathers loopback candidates: its checks go from its host address to the
+gateway's 127.0.0.1 candidate, over the loopback device (nothing leaves the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import flvcheck
+from browser import Chromium, require_chromium
+from conftest import RunningGateway
+from gateway.servers.webrtc_http import SESSIONS
+from gateway.transcode.step import COUNTERS
+from gateway.webrtc.whep import WhepSession
+from gateway.webrtc.whip import WhipSession
+
+FAKE_MEDIA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+
+
+def test_browser_publishes_whip_plays_whep_and_ffmpeg_reads_flv(
+        gateway: RunningGateway, tmp_path: Path) -> None:
+    exe = require_chromium()
+    key = "live/browser"
+
+    async def main() -> None:
+        async with Chromium(exe, args=FAKE_MEDIA) as publisher:
+            await publisher.open(gateway.http_url(f"{key}/publish.html?autostart=1"))
+            await publisher.wait_for(
+                "window.whip.state === 'publishing' || window.whip.state === 'error'", timeout=20)
+            state = await publisher.evaluate("JSON.stringify(window.whip)")
+            assert '"state":"publishing"' in state, state
+            await asyncio.to_thread(gateway.wait_stream, key, 20.0)
+            whip = next(s for s in gateway.gw.http_runner.app[SESSIONS].values()
+                        if isinstance(s, WhipSession))
+            # Chromium offers H.264 and VP8: the gateway takes H.264 so FLV gets it as it is
+            assert whip.codecs == {"video": "h264", "audio": "opus"}, whip.codecs
+            decoders = COUNTERS.snapshot()["decoders_opened"]
+
+            async with Chromium(exe) as viewer:
+                await viewer.open(gateway.http_url(f"{key}.html"))
+                await viewer.wait_for("document.getElementById('video').readyState >= 2",
+                                      timeout=20)
+                t0 = await viewer.evaluate("document.getElementById('video').currentTime")
+                await asyncio.sleep(1.5)
+                t1 = await viewer.evaluate("document.getElementById('video').currentTime")
+                assert t1 > t0 + 0.5, f"video time did not advance ({t0} -> {t1})"
+                size = await viewer.evaluate(
+                    "[document.getElementById('video').videoWidth, "
+                    "document.getElementById('video').videoHeight]")
+                assert size[0] > 0 and size[1] > 0, size
+                await viewer.screenshot(tmp_path / "whep.png")
+                whep = next(s for s in gateway.gw.http_runner.app[SESSIONS].values()
+                            if isinstance(s, WhepSession))
+                assert whep.plan is not None and whep.plan.passthrough_all, whep.plan
+                assert COUNTERS.snapshot()["decoders_opened"] == decoders  # pure pass-through
+
+                out = tmp_path / "browser.flv"
+                res = await asyncio.to_thread(flvcheck.capture, gateway.http_url(f"{key}.flv"),
+                                              out, 3.0)
+                assert res.returncode == 0, res.stderr
+            p = flvcheck.probe(out)
+            assert p.codecs == {"video": "h264", "audio": "aac"}, p.codecs
+            assert len(p.video_dts) >= 30 and len(p.audio_dts) >= 50
+            assert all(b > a for a, b in zip(p.video_dts, p.video_dts[1:]))
+            await publisher.evaluate("window.unpublish()")
+        await asyncio.sleep(0.3)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+    assert key not in gateway.gw.hub.streams
