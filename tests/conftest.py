@@ -61,12 +61,13 @@ class RunningGateway:
             raise box[0]
         return box[0] if box else None
 
-    def wait_stream(self, key: str, timeout: float = 15.0, video: bool = True) -> None:
-        """Block until the stream is live with its tracks (and a keyframe when ``video``)."""
+    def wait_stream(self, key: str, timeout: float = 15.0, video: bool = True,
+                    tracks: int = 2) -> None:
+        """Block until the stream is live with ``tracks`` tracks (and a keyframe if ``video``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             s = self.gw.hub.streams.get(key)
-            if s is not None and s.tracks and (not video or s.gop):
+            if s is not None and len(s.tracks) >= tracks and (not video or s.gop):
                 return
             time.sleep(0.05)
         raise TimeoutError(f"stream {key} did not go live within {timeout}s")

@@ -118,8 +118,9 @@ def test_gop_cache_is_bounded() -> None:
     t = FakeTransport()
     f.add(viewer(t, []))
     f.push(b"d", flush=True)
+    f.set_header(b"H2")  # e.g. a codec configuration that arrived while it waited
     f.push(b"K", keyframe=True, flush=True)
-    assert t.writes == [b"H", b"K"]  # joined at the next keyframe, never mid-GOP
+    assert t.writes == [b"H2", b"K"]  # joined at the next keyframe, never mid-GOP
 
 
 def _tracks() -> tuple[Track, Track]:

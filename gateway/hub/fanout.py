@@ -44,7 +44,8 @@ class Limits:
 class Viewer:
     """One connection receiving one fan-out. ``on_end`` is called exactly once."""
 
-    __slots__ = ("transport", "label", "on_end", "waiting_key", "behind_since", "ended", "drops")
+    __slots__ = ("transport", "label", "on_end", "waiting_key", "behind_since", "ended", "drops",
+                 "fresh")
 
     def __init__(self, transport: Transport, label: str, on_end: Callable[[str], None]) -> None:
         self.transport = transport
@@ -54,6 +55,7 @@ class Viewer:
         self.behind_since = 0.0
         self.ended = False
         self.drops = 0
+        self.fresh = False  # joined before any keyframe: gets the header with its first batch
 
     def end(self, reason: str) -> None:
         if not self.ended:
@@ -179,6 +181,9 @@ class Fanout:
                 continue
             if v.waiting_key:
                 v.waiting_key = False
+                if v.fresh:
+                    v.fresh = False
+                    t.write(self.header)  # as of now: configs that arrived while it waited
             t.write(data)
             sent += 1
         self.bytes_out += sent * len(data)
@@ -200,11 +205,12 @@ class Fanout:
             sock = getattr(viewer.transport, "get_extra_info", lambda _n: None)("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.socket_send_buffer)
-        if send_initial:
-            viewer.transport.write(self.initial())
         if not self._gop_valid:
             viewer.waiting_key = True  # never start mid-GOP
+            viewer.fresh = send_initial
             viewer.behind_since = time.monotonic()
+        elif send_initial:
+            viewer.transport.write(self.initial())
         self.viewers.append(viewer)
 
     def remove(self, viewer: Viewer, reason: str = "left") -> None:

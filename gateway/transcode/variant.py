@@ -144,6 +144,13 @@ class Variant(Stream):
             self.on_frame(frame)
         log.info("%s: variant started: %s", source.key, plan)
 
+    @property
+    def has_video(self) -> bool:
+        """Planned video counts before the encoder's first output, so that the variant's
+        viewers and GOP start at a video keyframe, not at audio that happens to come first."""
+        tp = self.plan.get("video")
+        return "video" in self.tracks or (tp is not None and not isinstance(tp, planner.Drop))
+
     # -- sink of the source ---------------------------------------------------------------
 
     def _track_in(self, track: Track) -> None:
