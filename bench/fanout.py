@@ -324,6 +324,9 @@ def judge(row: Row, args: argparse.Namespace) -> str:
     for kind, p in row.result.get("protocols", {}).items():
         if p.get("reasons"):
             row.notes.append(f"{kind}: " + "; ".join(p["reasons"]))
+        if p.get("errors"):
+            top = sorted(p["errors"].items(), key=lambda kv: -kv[1])[:3]
+            row.notes.append(f"{kind} viewer errors: " + ", ".join(f"{k} x{n}" for k, n in top))
     if row.result.get("pass"):
         return "PASS"
     return "FAIL?" if bound else "FAIL"
@@ -635,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["rows"] = [vars(r) for r in rows]
         out.write_text(json.dumps(meta, indent=1, default=str))
         print(f"\nfull results: {out}")
-    if ok and not any(r.verdict == "ERROR" for r in rows):
+    if ok and all(r.verdict == "PASS" for r in rows):
         shutil.rmtree(scratch, ignore_errors=True)
     else:
         say(f"logs kept in {scratch}")

@@ -189,10 +189,12 @@ async def glass_to_glass(base: str, seconds: float) -> dict[str, Any]:
     await pub.start()
     await asyncio.sleep(1.0)
     lat: list[float] = []
+    stamps: list[int] = []
 
     def picture(pic: av.VideoFrame) -> None:
         now = time.monotonic()
         n = read_stamp(pic.to_ndarray(format="gray"))
+        stamps.append(n)
         t = track.captured.get(n)
         if t is not None and 0 <= now - t < 5:
             lat.append((now - t) * 1000)
@@ -201,10 +203,13 @@ async def glass_to_glass(base: str, seconds: float) -> dict[str, Any]:
     await viewer.start()
     await asyncio.sleep(1.0)
     lat.clear()  # the GOP burst at join is not steady state
+    stamps.clear()
     await asyncio.sleep(seconds)
     await viewer.close()
     await pub.close()
-    return {"samples": len(lat), "p50_ms": round(pct(lat, 50), 1), "p95_ms": round(pct(lat, 95), 1),
+    in_order = sum(1 for x, y in zip(stamps, stamps[1:]) if (y - x) % (1 << BITS) == 1)
+    return {"samples": len(lat), "consecutive_stamps": f"{in_order}/{max(0, len(stamps) - 1)}",
+            "p50_ms": round(pct(lat, 50), 1), "p95_ms": round(pct(lat, 95), 1),
             "max_ms": round(max(lat) if lat else float("nan"), 1)}
 
 

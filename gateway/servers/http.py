@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 from ..context import Context
 from ..hub.fanout import Viewer, http_chunk, ws_binary
 from ..hub.stream import HubError, Stream
-from ..transcode.variant import media_for
+from ..transcode.variant import Variant, media_for
 from ..outputs.flv import FlvOutput
 from ..static import asset_candidates, find_asset
 
@@ -115,6 +115,17 @@ def _resolve(fut: asyncio.Future[str], reason: str) -> None:
         fut.set_result(reason)
 
 
+def _outputs(stream: Stream) -> dict[str, object]:
+    """Viewers per output format, and each transcoding variant with its own outputs and stats."""
+    out: dict[str, object] = {}
+    for key, sink in stream.sinks.items():
+        if isinstance(sink, Variant):
+            out[f"variant {sink.plan}"] = {"stats": sink.stats(), "outputs": _outputs(sink)}
+        else:
+            out[str(key)] = sum(len(f.viewers) for f in getattr(sink, "fanouts", {}).values())
+    return out
+
+
 async def streams(request: web.Request) -> web.Response:
     """Live streams with their tracks and viewer counts, for operators."""
     out = []
@@ -127,8 +138,7 @@ async def streams(request: web.Request) -> web.Response:
                        for k, t in s.tracks.items()},
             "frames_in": s.frames_in,
             "bytes_in": s.bytes_in,
-            "outputs": {str(k): sum(len(f.viewers) for f in getattr(o, "fanouts", {}).values())
-                        for k, o in s.sinks.items()},
+            "outputs": _outputs(s),
         })
     return web.json_response({"streams": out}, headers=CORS)
 

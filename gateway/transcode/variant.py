@@ -11,6 +11,7 @@ it: 100 jsmpeg viewers cost one H264->MPEG1 transcode. It starts with its first 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -47,12 +48,13 @@ class Worker:
         self._factory = factory
         self._deliver = deliver
         self._loop = loop
-        self._q: queue.Queue[Frame | None] = queue.Queue(QUEUE_FRAMES.get(t.kind, 100))
+        self._q: queue.Queue[tuple[Frame, float] | None] = queue.Queue(QUEUE_FRAMES.get(t.kind, 100))
         self._need_key = t.kind == "video"
         self.dropped = 0
         self.frames_in = 0
         self.frames_out = 0
-        self.latency_ms: list[float] = []  # recent per-frame processing times (bounded)
+        # recent arrival -> output-ready times per input frame, in ms (queue wait + coding)
+        self.latency_ms: collections.deque[float] = collections.deque(maxlen=2000)
         self._thread = threading.Thread(target=self._run, name=f"transcode {name}", daemon=True)
         self._thread.start()
 
@@ -62,7 +64,7 @@ class Worker:
                 return  # the decoder can only (re)start at a keyframe
             self._need_key = False
         try:
-            self._q.put_nowait(frame)
+            self._q.put_nowait((frame, time.perf_counter()))
             self.frames_in += 1
         except queue.Full:
             self.dropped += 1
@@ -91,19 +93,16 @@ class Worker:
         try:
             step = self._factory(self.transcode, self.source)
             while True:
-                frame = self._q.get()
-                if frame is None:
+                item = self._q.get()
+                if item is None:
                     break
-                t0 = time.perf_counter()
+                frame, arrived = item
                 try:
                     out = step.process(frame)
                 except Exception:
                     log.exception("%s: transcode step failed on a frame; skipped", self.name)
                     continue
-                dt = (time.perf_counter() - t0) * 1000
-                if len(self.latency_ms) >= 1000:
-                    del self.latency_ms[:500]
-                self.latency_ms.append(dt)
+                self.latency_ms.append((time.perf_counter() - arrived) * 1000)
                 if out:
                     self.frames_out += len(out)
                     self._post(out)
@@ -214,8 +213,16 @@ class Variant(Stream):
             w.stop()
 
     def stats(self) -> dict[str, object]:
-        return {kind: {"in": w.frames_in, "out": w.frames_out, "dropped": w.dropped}
-                for kind, w in self.workers.items()}
+        """Per transcoded track: frames in/out/dropped and arrival->ready latency p50/p99 (ms)."""
+        out: dict[str, object] = {}
+        for kind, w in self.workers.items():
+            lat = sorted(w.latency_ms)
+            pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)) if lat else None
+            out[kind] = {"step": f"{w.transcode.from_codec}->{w.transcode.to_codec}",
+                         "in": w.frames_in, "out": w.frames_out, "dropped": w.dropped,
+                         "latency_ms_p50": pick(0.5) if pick else None,
+                         "latency_ms_p99": pick(0.99) if pick else None}
+        return out
 
 
 def media_for(matrix: planner.Matrix, stream: Stream,
