@@ -279,7 +279,8 @@ EV_ERROR = "error"
 class PlaySession(Protocol):
     """What a viewer needs from an RTMP client: bytes out, bytes in -> play/media/error events."""
 
-    ack_window: int
+    @property
+    def ack_window(self) -> int: ...
 
     def start(self) -> None: ...
     def feed(self, data: bytes) -> list[tuple[Any, ...]]: ...
@@ -575,8 +576,9 @@ class Viewer(asyncio.BufferedProtocol):
 
     # --- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
+        t: asyncio.Transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.transport = t
+        sock = t.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -589,7 +591,7 @@ class Viewer(asyncio.BufferedProtocol):
         else:
             self.flv = FlvHead()
             self.t_request = now()
-            transport.write(self.lg.flv_request)
+            t.write(self.lg.flv_request)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return SHARED_VIEW

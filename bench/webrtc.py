@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import (  # noqa: E402
+from _common import (
     OUT_DIR,
     REPO_ROOT,
     ProcessGroup,
@@ -50,14 +50,13 @@ from _common import (  # noqa: E402
     proc_cpu_seconds,
     wait_port,
 )
+from aiortc import VideoStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
-from aiortc import VideoStreamTrack  # noqa: E402
-from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
-
-from gateway.codecs import h264  # noqa: E402
-from gateway.webrtc import seam  # noqa: E402
-from gateway.webrtc.whep import WhepClient  # noqa: E402
-from gateway.webrtc.whip import WhipClient  # noqa: E402
+from gateway.codecs import h264
+from gateway.webrtc import seam
+from gateway.webrtc.whep import WhepClient
+from gateway.webrtc.whip import WhipClient
 
 BITS = 16
 CELL = 24  # barcode cell size in pixels
@@ -221,12 +220,12 @@ async def first_frame(base: str, trials: int) -> dict[str, Any]:
     for _ in range(trials):
         got = asyncio.get_running_loop().create_future()
         viewer = DecodingViewer(f"{base}/bench/ff/whep",
-                                lambda pic: got.done() or got.set_result(time.monotonic()))
+                                lambda pic, got=got: got.done() or got.set_result(time.monotonic()))
         t0 = time.monotonic()
         await viewer.start()
         try:
             times.append((await asyncio.wait_for(got, 5) - t0) * 1000)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             times.append(float("inf"))
         await viewer.close()
         await asyncio.sleep(0.3)
@@ -291,13 +290,16 @@ async def capacity(base: str, gateway_pid: int, levels: list[int], per_proc: int
                                           cwd=REPO_ROOT))
         await asyncio.sleep(max(0.0, measure_at - time.time()))
         pids = descendants(gateway_pid)
-        c0, t0 = proc_cpu_seconds(pids), time.monotonic()
+        load = [pid for p in procs for pid in descendants(p.pid)] + [os.getpid()]
+        c0, l0, t0 = proc_cpu_seconds(pids), proc_cpu_seconds(load), time.monotonic()
         await asyncio.sleep(measure)
-        cpu = (proc_cpu_seconds(pids) - c0) / (time.monotonic() - t0) * 100
+        elapsed = time.monotonic() - t0
+        cpu = (proc_cpu_seconds(pids) - c0) / elapsed * 100
+        load_cpu = (proc_cpu_seconds(load) - l0) / elapsed * 100
         per_viewer: list[dict[str, int]] = []
         connected = 0
         for p in procs:
-            out, err = await asyncio.to_thread(p.communicate, None, 60 + measure)
+            out, _ = await asyncio.to_thread(p.communicate, None, 60 + measure)
             for line in out.decode().splitlines():
                 if line.startswith("{"):
                     data = json.loads(line)
@@ -309,10 +311,12 @@ async def capacity(base: str, gateway_pid: int, levels: list[int], per_proc: int
         row = {"viewers": n, "connected": connected, "median_frames_pct": round(statistics.median(rates) * 100, 1),
                "min_frames_pct": round(min(rates) * 100, 1),
                "median_video_mbps": round(statistics.median(mbps), 2),
-               "gateway_cpu_pct": round(cpu, 1), "sustained": ok}
+               "gateway_cpu_pct": round(cpu, 1), "loadgen_cpu_pct": round(load_cpu, 1),
+               "sustained": ok}
         print(f"  {n:4d} viewers: connected {connected}, frames median {row['median_frames_pct']}% "
               f"min {row['min_frames_pct']}%, video {row['median_video_mbps']} Mbit/s each, "
-              f"gateway CPU {row['gateway_cpu_pct']}% -> {'OK' if ok else 'NOT sustained'}", flush=True)
+              f"gateway CPU {row['gateway_cpu_pct']}%, viewers' CPU {row['loadgen_cpu_pct']}% "
+              f"-> {'OK' if ok else 'NOT sustained'}", flush=True)
         results.append(row)
         await asyncio.sleep(2.0)
         if not ok:

@@ -11,8 +11,10 @@ import asyncio
 from pathlib import Path
 
 import flvcheck
+import pytest
 from browser import Chromium, require_chromium
 from conftest import RunningGateway
+
 from gateway.servers.webrtc_http import SESSIONS
 from gateway.transcode.step import COUNTERS
 from gateway.webrtc.whep import WhepSession
@@ -71,3 +73,26 @@ def test_browser_publishes_whip_plays_whep_and_ffmpeg_reads_flv(
 
     asyncio.run(asyncio.wait_for(main(), 120))
     assert key not in gateway.gw.hub.streams
+
+
+def test_play_page_flv_player(gateway: RunningGateway, publish, clips) -> None:  # type: ignore[no-untyped-def]
+    """The same page with ?player=flv plays HTTP-FLV through mpegts.js from /_static/."""
+    exe = require_chromium()
+    from gateway.static import find_asset
+
+    if find_asset("mpegts.js") is None:
+        pytest.skip("mpegts.js is not installed (npm ci; see gateway/static/README.md)")
+    publish(clips["plain"], "live/flvpage")
+
+    async def main() -> None:
+        async with Chromium(exe) as viewer:
+            await viewer.open(gateway.http_url("live/flvpage.html?player=flv"))
+            await viewer.wait_for("document.getElementById('video').readyState >= 2 || "
+                                  "window.player.state === 'error'", timeout=20)
+            assert await viewer.evaluate("window.player.error") == ""
+            t0 = await viewer.evaluate("document.getElementById('video').currentTime")
+            await asyncio.sleep(1.5)
+            t1 = await viewer.evaluate("document.getElementById('video').currentTime")
+            assert t1 > t0 + 0.5, f"video time did not advance ({t0} -> {t1})"
+
+    asyncio.run(asyncio.wait_for(main(), 60))

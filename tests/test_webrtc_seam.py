@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import time
 from collections.abc import Callable
 
 import aiortc.codecs.h264 as aiortc_h264
@@ -19,7 +20,6 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCRtpSender,
-    RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -204,11 +204,73 @@ def test_seam_names_still_exist() -> None:
     import aioice.ice
 
     assert callable(aioice.ice.get_host_addresses)
-    src = open(aiortc_receiver.__file__).read()
+    with open(aiortc_receiver.__file__) as f:
+        src = f.read()
     for needle in ("self.__jitter_buffer.add(packet)", "self.__decoder_thread",
                    "def _send_rtcp_pli", "async def _handle_rtcp_packet"):
         assert needle in src, f"aiortc's RTCRtpReceiver no longer has {needle!r}"
     import aiortc.rtcrtpsender as sender_mod
 
-    sender_src = open(sender_mod.__file__).read()
+    with open(sender_mod.__file__) as f:
+        sender_src = f.read()
     assert "self.__encoder.pack(data)" in sender_src, "aiortc no longer packs pre-encoded av.Packet"
+    assert "if self.__encoder is None:" in sender_src, "aiortc no longer creates its encoder lazily"
+
+
+def test_shared_packetizer_packs_each_packet_once() -> None:
+    class Sender:
+        _RTCRtpSender__encoder = None
+
+    a, b = Sender(), Sender()
+    shared = seam.SharedPacketizer("h264")
+    seam.share_packetizer(a, shared)  # type: ignore[arg-type]
+    seam.share_packetizer(b, shared)  # type: ignore[arg-type]
+    packet = av.Packet(b"\x00\x00\x00\x01\x65" + bytes(5000))
+    packet.pts, packet.time_base = 3000, VIDEO_TB
+    first = a._RTCRtpSender__encoder.pack(packet)
+    second = b._RTCRtpSender__encoder.pack(packet)
+    assert first == second and len(first[0]) == 4 and first[1] == 3000
+    assert (shared.hits, shared.misses) == (1, 1)
+    with pytest.raises(seam.SeamError, match="already has an encoder"):
+        seam.share_packetizer(a, shared)  # type: ignore[arg-type]
+
+
+def _rtp(seq: int, ts: int, marker: bool, data: bytes = b"x") -> object:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(sequence_number=seq & 0xFFFF, timestamp=ts, marker=int(marker),
+                           payload_type=96, ssrc=1234, _data=data)
+
+
+def test_frame_assembler_emits_on_marker_reorders_and_gives_up_gaps() -> None:
+    out: list[seam.EncodedFrame] = []
+    fa = seam.FrameAssembler(True, out.append, max_wait=0.05)
+    base = 65533  # sequence numbers wrap inside the second frame
+    assert fa.add(_rtp(base, 0, False, b"a")) == (False, None)
+    assert fa.add(_rtp(base + 1, 0, True, b"b")) == (False, None)
+    assert [f.data for f in out] == [b"ab"] and out[0].discontinuity  # first frame ever
+    # reordered: the frame appears when its missing middle packet arrives
+    fa.add(_rtp(base + 2, 3000, False, b"c"))
+    fa.add(_rtp(base + 4, 3000, True, b"e"))
+    assert len(out) == 1
+    fa.add(_rtp(base + 3, 3000, False, b"d"))
+    assert [f.data for f in out][1:] == [b"cde"] and not out[1].discontinuity
+    # a lost packet (base+5) is given up after max_wait: next complete frame flagged, PLI asked
+    fa.add(_rtp(base + 6, 6000, True, b"g"))
+    fa.add(_rtp(base + 7, 9000, False, b"h"))
+    time.sleep(0.06)
+    pli, _ = fa.add(_rtp(base + 8, 9000, True, b"i"))
+    assert pli and out[-1].data == b"hi" and out[-1].discontinuity
+    assert fa.lost >= 1
+    # late duplicates are ignored
+    fa.add(_rtp(base + 3, 3000, False, b"d"))
+    assert out[-1].data == b"hi"
+
+
+def test_frame_assembler_audio_is_immediate() -> None:
+    out: list[seam.EncodedFrame] = []
+    fa = seam.FrameAssembler(False, out.append)
+    fa.add(_rtp(10, 0, True, b"1"))
+    fa.add(_rtp(12, 1920, True, b"3"))  # 11 lost: audio does not wait
+    fa.add(_rtp(11, 960, True, b"2"))  # too late
+    assert [f.data for f in out] == [b"1", b"3"]

@@ -62,7 +62,11 @@ async def _offer(request: web.Request) -> sdp.Offer:
 def _created(request: web.Request, session: PeerSession, answer: str) -> web.Response:
     sessions = request.app[SESSIONS]
     sessions[session.id] = session
-    session.on_close(lambda s: sessions.pop(s.id, None))
+
+    def forget(s: PeerSession) -> None:
+        sessions.pop(s.id, None)
+
+    session.on_close(forget)
     location = f"{request.path.rstrip('/')}/{session.id}"
     return web.Response(status=201, text=answer, content_type=SDP,
                         headers={**HEADERS, "Location": location, "ETag": session.etag,

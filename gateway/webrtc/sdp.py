@@ -25,6 +25,9 @@ __all__ = [
     "Offer",
     "SdpError",
     "TrickleFragment",
+    "allowed_address",
+    "candidate_address",
+    "choose_h264",
     "codec_name",
     "filter_candidates",
     "h264_profile",
@@ -183,7 +186,7 @@ def parse(text: str) -> Offer:
             raise SdpError(f"{kind} m-section has no a=mid (BUNDLE is required)")
         direction = next((a[2:] for a in attrs
                           if a in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive")),
-                         "a=sendrecv"[2:])
+                         "sendrecv")
         media.append(Media(index, kind, mid, direction, _codecs(parts[3:], attrs)))
     if not media:
         raise SdpError("SDP has neither an audio nor a video m-section")
@@ -200,9 +203,9 @@ def _codecs(formats: Sequence[str], attrs: Sequence[str]) -> list[Codec]:
                 raise SdpError(f"malformed rtpmap {a[:60]!r}")
             rtpmap[int(m[1])] = (m[2].lower(), int(m[3]), int(m[4] or 0))
         elif a.startswith("a=fmtp:"):
-            pt, _, rest = a[7:].partition(" ")
-            if pt.isdigit():
-                fmtp[int(pt)] = rest.strip()
+            pt_text, _, rest = a[7:].partition(" ")
+            if pt_text.isdigit():
+                fmtp[int(pt_text)] = rest.strip()
     out: list[Codec] = []
     for f in formats:
         if not f.isdigit():

@@ -14,8 +14,10 @@ checked on install so that an aiortc upgrade fails loudly instead of silently de
   sender reports (RTP <-> NTP mapping for A/V sync) and a viewer's PLI/FIR; aiortc itself only
   forwards PLI to an *encoder*, which pass-through senders don't have.
 * **RTCP out**: ``RTCRtpReceiver._send_rtcp_pli`` asks a publisher for a keyframe.
-* **send**: no seam. aiortc's public contract is relied on: a track whose ``recv()`` returns an
-  ``av.Packet`` is packetized, never encoded (``RTCRtpSender._next_encoded_frame``).
+* **send**: aiortc's contract is relied on: a track whose ``recv()`` returns an ``av.Packet`` is
+  packetized, never encoded (``RTCRtpSender._next_encoded_frame``). The packetizer itself
+  (``RTCRtpSender.__encoder``) is replaced by a ``SharedPacketizer`` so that a frame sent to N
+  viewers is split into RTP payloads once, not N times.
 * **ICE**: ``aioice.ice.get_host_addresses`` is replaced by a function that honours the
   ``ice_hosts`` context (set around ``setLocalDescription``), so each peer connection gathers the
   addresses its owner chose, loopback included.
@@ -33,7 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioice.ice
+import av
 from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs import H264Encoder, OpusEncoder, Vp8Encoder
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpSrPacket
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,9 @@ __all__ = [
     "FrameAssembler",
     "ReceiverTap",
     "SeamError",
+    "SharedPacketizer",
     "ice_hosts",
+    "share_packetizer",
     "tap_receiver",
     "watch_sender",
 ]
@@ -286,6 +292,55 @@ def watch_sender(sender: RTCRtpSender, on_keyframe_request: Callable[[], None]) 
         await original(packet)
 
     sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+
+# -- shared packetization ------------------------------------------------------------------------
+
+_ENCODER_ATTR = "_RTCRtpSender__encoder"
+
+
+class SharedPacketizer:
+    """Packetizes each ``av.Packet`` once for every sender it is shared with.
+
+    Stands in for aiortc's per-sender encoder object, of which a pass-through sender only ever
+    calls ``pack()``; keyed by packet identity (the shared output hands the very same packet
+    object to every viewer), so per-viewer packets (a joiner's GOP) simply miss the cache.
+    """
+
+    def __init__(self, codec: str, size: int = 32) -> None:
+        factories: dict[str, Callable[[], Any]] = {
+            "h264": H264Encoder, "vp8": Vp8Encoder, "opus": OpusEncoder}
+        if codec not in factories:
+            raise ValueError(f"no packetizer for {codec}")
+        self.codec = codec
+        self._packer = factories[codec]()
+        self._size = size
+        self._cache: dict[int, tuple[av.Packet, list[bytes], int]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
+        hit = self._cache.get(id(packet))
+        if hit is not None and hit[0] is packet:
+            self.hits += 1
+            return hit[1], hit[2]
+        self.misses += 1
+        payloads, timestamp = self._packer.pack(packet)
+        if len(self._cache) >= self._size:
+            del self._cache[next(iter(self._cache))]  # oldest first (insertion order)
+        self._cache[id(packet)] = (packet, payloads, timestamp)
+        return payloads, timestamp
+
+    def encode(self, frame: object, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        raise SeamError("a pass-through sender was given a raw frame to encode")
+
+
+def share_packetizer(sender: RTCRtpSender, packetizer: SharedPacketizer) -> None:
+    """Make ``sender`` use ``packetizer`` (call before the connection starts sending)."""
+    current = _check(sender, _ENCODER_ATTR, "the sender's encoder/packetizer")
+    if current is not None:
+        raise SeamError("sender already has an encoder: share the packetizer before it starts")
+    setattr(sender, _ENCODER_ATTR, packetizer)
 
 
 # -- ICE host addresses ----------------------------------------------------------------------

@@ -23,7 +23,12 @@ from fractions import Fraction
 
 import aiohttp
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .. import planner
@@ -122,8 +127,21 @@ class WebRtcOutput:
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         self.viewers: list[WhepSession] = []
-        self._configs: dict[int, h264.AvcConfig] = {}
+        self._configs: dict[bytes, h264.AvcConfig] = {}  # avcC bytes -> parsed, for SPS/PPS
+        self.packetizers: dict[str, seam.SharedPacketizer] = {}
         self.frames = 0
+
+    @property
+    def fanouts(self) -> dict[str, WebRtcOutput]:
+        """Shaped like ``outputs.base.Output.fanouts`` so ``/api/streams`` counts the viewers."""
+        return {"whep": self}
+
+    def packetizer(self, codec: str) -> seam.SharedPacketizer:
+        """The RTP packetizer every viewer's sender of ``codec`` shares (split once per frame)."""
+        p = self.packetizers.get(codec)
+        if p is None:
+            p = self.packetizers[codec] = seam.SharedPacketizer(codec)
+        return p
 
     # -- sink interface ------------------------------------------------------------------
 
@@ -154,7 +172,7 @@ class WebRtcOutput:
     def payload(self, frame: Frame) -> bytes | None:
         track = frame.track
         if track.codec == "h264":
-            cfg = self._configs.get(id(track))
+            cfg = self._configs.get(track.config)
             if cfg is None and track.config:
                 try:
                     cfg = h264.parse_avc_config(track.config)
@@ -163,7 +181,7 @@ class WebRtcOutput:
                 else:
                     if len(self._configs) > 8:
                         self._configs.clear()
-                    self._configs[id(track)] = cfg
+                    self._configs[track.config] = cfg
             try:
                 return h264.avcc_to_annexb(frame.data, cfg)
             except h264.H264Error as e:
@@ -237,6 +255,7 @@ class WhepSession(PeerSession):
         self.plan: planner.Plan | None = None
         self.output: WebRtcOutput | None = None
         self.tracks: dict[str, PacketTrack] = {}
+        self._senders: dict[str, RTCRtpSender] = {}
         self.codecs: dict[str, str] = {}
         self._last_pli = 0.0
         self.plis = 0
@@ -255,18 +274,18 @@ class WhepSession(PeerSession):
             raise SessionError(422, f"cannot plan this stream for WebRTC: {e}") from None
         chosen: dict[str, int] = {}
         for kind, tp in plan.tracks.items():
-            m = kinds.get(kind)
-            if m is None or isinstance(tp, planner.Drop):
+            section = kinds.get(kind)
+            if section is None or isinstance(tp, planner.Drop):
                 continue
             if isinstance(tp, planner.PassThrough):
                 codec_name, profile = tp.codec, self.source.tracks[kind].profile
             else:
                 codec_name, profile = tp.to_codec, str(tp.params.get("profile", ""))
-            codec = (sdp.choose_h264(m.codecs, profile) if codec_name == "h264"
-                     else next((c for c in m.usable() if c.name == codec_name), None))
+            codec = (sdp.choose_h264(section.codecs, profile) if codec_name == "h264"
+                     else next((c for c in section.usable() if c.name == codec_name), None))
             if codec is None:
                 continue
-            chosen[m.mid] = codec.pt
+            chosen[section.mid] = codec.pt
             self.codecs[kind] = codec_name
         if not chosen:
             raise SessionError(422, f"no common codec: the stream has "
@@ -278,6 +297,8 @@ class WhepSession(PeerSession):
             raise SessionError(404, f"stream {self.key} ended")
         self.media, _ = media_for(self.matrix, self.source, target)
         self.output = self.media.sink(SINK_KEY, WebRtcOutput)
+        for kind, sender in self._senders.items():
+            seam.share_packetizer(sender, self.output.packetizer(self.codecs[kind]))
         self.output.add(self)
         log.info("%r: %s", self, plan)
         return answer
@@ -297,6 +318,7 @@ class WhepSession(PeerSession):
             track = PacketTrack(kind, self.settings)
             sender = self.pc.addTrack(track)
             self.tracks[kind] = track
+            self._senders[kind] = sender
             if kind == "video":
                 seam.watch_sender(sender, self._viewer_wants_keyframe)
 
@@ -364,7 +386,8 @@ class WhepClient:
         for kind in self.kinds:
             t = self.pc.addTransceiver(kind, direction="recvonly")
             if kind == "video":
-                caps = RTCRtpReceiver.getCapabilities("video").codecs
+                video_caps = RTCRtpReceiver.getCapabilities("video")
+                caps = video_caps.codecs if video_caps else []
                 prefs = [c for name in self.video_codecs for c in caps if c.name.lower() == name]
                 prefs += [c for c in caps if c.name.lower() == "rtx"]
                 t.setCodecPreferences(prefs)

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamTrack
 
 from .. import planner
@@ -211,10 +216,16 @@ class WhipSession(PeerSession):
         for t in self.pc.getTransceivers():
             if t.kind not in self.codecs:
                 continue
-            kind = t.kind
-            self.taps[kind] = seam.tap_receiver(
-                t.receiver, kind, lambda f, k=kind: self._frame(k, f),
-                lambda ssrc, ntp, rtp, k=kind: self.timeline.sender_report(k, ntp, rtp))
+            self.taps[t.kind] = seam.tap_receiver(t.receiver, t.kind, *self._callbacks(t.kind))
+
+    def _callbacks(self, kind: str) -> tuple[seam.FrameCallback, seam.SenderReportCallback]:
+        def frame(f: seam.EncodedFrame) -> None:
+            self._frame(kind, f)
+
+        def report(ssrc: int, ntp: int, rtp: int) -> None:
+            self.timeline.sender_report(kind, ntp, rtp)
+
+        return frame, report
 
     def on_connected(self) -> None:
         log.info("%r: connected (%s)", self, ", ".join(f"{k} {c}" for k, c in self.codecs.items()))
@@ -408,7 +419,8 @@ class WhipClient:
             t = self.pc.addTransceiver(track, direction="sendonly")
             self.senders[track.kind] = t.sender
             if track.kind == "video" and self.video_codec:
-                caps = [c for c in RTCRtpReceiver.getCapabilities("video").codecs
+                video_caps = RTCRtpReceiver.getCapabilities("video")
+                caps = [c for c in (video_caps.codecs if video_caps else [])
                         if c.name.lower() == self.video_codec]
                 t.setCodecPreferences(caps)
         with seam.ice_hosts(self.ice_hosts):
