@@ -421,8 +421,8 @@ def max_pass(rows: list[Row], server: str, proto: str) -> int | None:
 
 
 def first_fail(rows: list[Row], server: str, proto: str) -> int | None:
-    """Lowest level that failed outright (FAIL? = loadgen-bound does not count)."""
-    levels = [r.level for r in rows if r.server == server and r.proto == proto and r.verdict in ("FAIL", "ERROR")]
+    """Lowest level that failed outright (FAIL? and ERROR are inconclusive)."""
+    levels = [r.level for r in rows if r.server == server and r.proto == proto and r.verdict == "FAIL"]
     return min(levels) if levels else None
 
 
@@ -617,6 +617,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for group in groups:
                     for level in args.levels:
+                        if srv.healthy() == "publisher exited":
+                            if rows and rows[-1].server == server:
+                                rows[-1].notes.append("publisher was disconnected (after this level)")
+                            say("    publisher disconnected; restarting it")
+                            srv.restart_publisher()
                         if died := srv.healthy():
                             say(f"  {died}; skipping the rest of {server}")
                             rows.append(Row(server, "+".join(group), level, "ERROR", notes=[died]))

@@ -794,8 +794,11 @@ class LoadGen:
                 return
             await asyncio.sleep(0.1)
         for v in self.viewers:
-            if not v.closed and not v.t_first_key:
-                v.start_counting()  # keep it, judge it by its bytes
+            # has video but no key frame yet: judge it by its bytes from now on. Viewers with no
+            # video at all keep parsing (they may still be in the handshake); a late join then
+            # shows up as lag in the window
+            if not v.closed and v.t_first_frame and not v.t_first_key:
+                v.start_counting()
 
     async def monitor_loop(self, stop: asyncio.Event) -> None:
         """Event-loop lateness: if our own loop is late, the numbers are ours, not the server's."""

@@ -29,6 +29,9 @@ class Config:
     matrix_dir: str = ""  # empty: the matrix shipped with the gateway
     limits: Limits = field(default_factory=Limits)
     max_message_size: int = 16 << 20  # largest RTMP message accepted from a peer
+    # Where transcode steps run: -1 one worker process per CPU, 0 threads in the gateway
+    # process (GIL-bound: fewer real-time variants), N that many worker processes.
+    transcode_processes: int = -1
 
 
 def _apply(obj: Any, data: dict[str, Any], where: str) -> None:

@@ -55,6 +55,8 @@ BASE_ARGS = (
     "--disable-dev-shm-usage",
     "--mute-audio",
     "--autoplay-policy=no-user-gesture-required",
+    # WebRTC over loopback only: gather 127.0.0.1 host candidates (never the machine's LAN address)
+    "--allow-loopback-in-peer-connection",
     # Players must keep running while "hidden" in headless mode.
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",

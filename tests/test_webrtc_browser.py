@@ -1,8 +1,9 @@
 """The gateway's own pages in headless Chromium: publish the fake camera over WHIP, play it back
 over WHEP in a <video>, and read the same stream with the FFmpeg CLI over HTTP-FLV.
 
-Chromium never gathers loopback candidates: its checks go from its host address to the
-gateway's 127.0.0.1 candidate, over the loopback device (nothing leaves the machine).
+Chromium runs with ``--allow-loopback-in-peer-connection`` (tests/browser.py) and the gateway
+answers ICE checks only from loopback when its candidates are loopback (gateway/webrtc/seam.py),
+so all media stays on 127.0.0.1.
 """
 
 from __future__ import annotations

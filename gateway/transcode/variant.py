@@ -2,7 +2,8 @@
 
 A *variant* is the source stream after the planner's answer for one target: pass-through tracks
 are forwarded as the very same ``Frame`` objects (never decoded), transcoded tracks go through a
-``Step`` in a worker thread. A variant is itself a ``Stream`` (tracks, GOP cache, sinks), so
+``Step`` in a worker process of the transcode pool (``pool.py``), or in a worker thread of the
+gateway process when ``configure(processes=0)`` (or a custom step factory) asks for it. A variant is itself a ``Stream`` (tracks, GOP cache, sinks), so
 outputs attach to it exactly as to a published stream, and every viewer with the same plan shares
 it: 100 jsmpeg viewers cost one H264->MPEG1 transcode. It starts with its first sink and stops
 (threads ended, codecs freed) when its last sink leaves.
@@ -17,10 +18,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from .. import planner
 from ..hub.stream import Stream
 from ..media import Frame, StreamInfo, Track
+from . import pool
 from .step import Step
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,33 @@ log = logging.getLogger(__name__)
 StepFactory = Callable[[planner.Transcode, Track], Step]
 
 QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step is behind
+
+#: Where steps run: < 0 one worker process per CPU, 0 threads in this process, N > 0 processes.
+#: Set by the composition root from ``Config.transcode_processes`` (see ``configure``).
+_processes: int = -1
+
+
+def configure(*, processes: int) -> None:
+    """Choose where new variants run their steps; variants already running keep theirs."""
+    global _processes
+    _processes = processes
+
+
+class TrackWorker(Protocol):
+    """What a variant needs from whatever runs one of its steps (thread ``Worker``, ``PoolStep``)."""
+
+    transcode: planner.Transcode
+    kind: str
+    frames_in: int
+    frames_out: int
+    dropped: int
+    latency_ms: collections.deque[float]
+
+    def submit(self, frame: Frame) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float = 5.0) -> None: ...
 
 
 def _default_factory(t: planner.Transcode, source: Track) -> Step:
@@ -135,7 +165,7 @@ class Variant(Stream):
         self.info.metadata = dict(source.info.metadata)
         self._factory = factory or _default_factory
         self._loop = asyncio.get_running_loop()
-        self.workers: dict[str, Worker] = {}
+        self.workers: dict[str, TrackWorker] = {}
         self.closed = False
         for track in source.tracks.values():
             self._track_in(track)
@@ -163,8 +193,18 @@ class Variant(Stream):
         old = self.workers.pop(track.kind, None)
         if old is not None:
             old.stop()
-        self.workers[track.kind] = Worker(f"{self.key} {tp.from_codec}->{tp.to_codec}", tp, track,
-                                          self._factory, self._deliver, self._loop)
+        self.workers[track.kind] = self._worker(f"{self.key} {tp.from_codec}->{tp.to_codec}", tp,
+                                                track)
+
+    def _worker(self, name: str, tp: planner.Transcode, track: Track) -> TrackWorker:
+        """A pool step, unless threads are configured or the factory cannot cross a process."""
+        limit = QUEUE_FRAMES.get(tp.kind, 100)
+        if _processes != 0 and self._factory is _default_factory:
+            try:
+                return pool.get_pool(_processes).open(name, tp, track, self._deliver, limit)
+            except Exception:  # noqa: BLE001 - a transcode in a thread beats no transcode
+                log.exception("%s: cannot use the transcode pool; using a thread", name)
+        return Worker(name, tp, track, self._factory, self._deliver, self._loop)
 
     def on_track(self, track: Track) -> None:
         if not self.closed:

@@ -358,6 +358,24 @@ def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     return [h for h in hosts if (":" in h and use_ipv6) or (":" not in h and use_ipv4)]
 
 
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host == "::1"
+
+
+def _loopback_only_checks(original: Callable[..., None]) -> Callable[..., None]:
+    """A connection whose own candidates are all loopback answers checks from loopback only,
+    so a peer that also sends from a LAN address (Chromium does) is never answered there."""
+
+    def request_received(self: Any, message: Any, addr: tuple[str, int], *args: Any) -> None:
+        local = self._local_candidates
+        if local and all(_is_loopback(c.host) for c in local) and not _is_loopback(addr[0]):
+            return
+        original(self, message, addr, *args)
+
+    request_received.__gateway_seam__ = True  # type: ignore[attr-defined]
+    return request_received
+
+
 def _install_ice_hook() -> None:
     global _original_host_addresses
     current = getattr(aioice.ice, "get_host_addresses", None)
@@ -367,6 +385,13 @@ def _install_ice_hook() -> None:
     if current is not _host_addresses:
         _original_host_addresses = current
         aioice.ice.get_host_addresses = _host_addresses
+    conn = aioice.ice.Connection
+    received = getattr(conn, "request_received", None)
+    if received is None or not hasattr(conn, "__init__"):
+        raise SeamError("aioice changed: Connection.request_received is gone; "
+                        "update gateway/webrtc/seam.py")
+    if not getattr(received, "__gateway_seam__", False):
+        conn.request_received = _loopback_only_checks(received)
 
 
 @contextlib.contextmanager

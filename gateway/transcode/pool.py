@@ -1,0 +1,672 @@
+"""Transcode steps in worker processes, so that coding never competes for the gateway's GIL.
+
+Why processes: with one thread per step, the event loop and the Python parts of every step share
+one GIL, and each re-acquisition after a codec call can wait a whole switch interval; latency then
+grows with the number of variants although the codecs themselves are cheap. Here the gateway
+process only moves bytes: a step lives in one of K child processes (default: one per CPU, each
+hosting many steps, the least loaded one taking a new step) and the parent talks to it over a
+socket pair with a compact framing:
+
+* to the child: ``open(step, transcode, source track)``, ``track(step, id, Track)`` (once per new
+  input ``Track`` object), ``frame(step, track id, pts, dts, time base, key, data)``,
+  ``close(step)``;
+* back: ``result(step, [frame...])`` once per input frame (empty when the step had nothing ready:
+  it is also the acknowledgement that bounds the frames in flight), ``track(step, id, Track)``
+  before the first frame of each output track, ``counters(deltas)``, ``error(step, text)``,
+  ``closed(step)`` and ``log(level, logger, text)``.
+
+Headers are ``struct``-packed and payloads are the frames' own bytes (``sendmsg`` scatter, no
+copy); only ``Track``/``Transcode`` descriptions are pickled, and only when they change, so the
+per-frame cost on the event loop is a header pack/unpack and one ``Frame``. The parent reads
+with ``loop.add_reader`` (no thread: a reader thread would bring the GIL hand-off back), writes
+without blocking (what the kernel does not take waits for ``add_writer``) and works only on its
+loop thread. A child processes its messages one by one in arrival order: PyAV's codecs use one
+thread each, and K processes already use every core.
+
+Children are started with the ``spawn`` method (never ``fork`` a process running an event loop
+and threads). A child that dies fails its steps (their tracks stop, as a failing thread step
+does) and is replaced for new steps; the gateway keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import struct
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+from .. import planner
+from ..media import Frame, Track
+from .step import COUNTERS
+
+__all__ = ["Pool", "PoolStep", "get_pool", "shutdown"]
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[list[Frame]], None]
+
+# -- wire format ----------------------------------------------------------------------------
+# Every message: u32 length of what follows, u8 type, u32 step id, payload.
+_HDR = struct.Struct("<IBI")
+_FRAME = struct.Struct("<IqqqqB")  # track id, pts, dts, time base num/den, keyframe; then data
+_FRAME_MSG = struct.Struct("<IBIIqqqqB")  # header + _FRAME in one pack, on the parent's hot path
+_OUT = struct.Struct("<IqqqqBI")  # same plus the data length (several frames per result)
+_COUNT = struct.Struct("<H")
+_TRACK_ID = struct.Struct("<I")
+_COUNTERS = struct.Struct("<qqqq")
+_COUNTER_NAMES = ("decoders_opened", "encoders_opened", "frames_decoded", "frames_encoded")
+
+OPEN, TRACK, FRAME, CLOSE = b"o"[0], b"t"[0], b"f"[0], b"c"[0]  # parent -> child
+RESULT, COUNTERS_MSG, ERROR, CLOSED, LOG = (b"r"[0], b"n"[0], b"e"[0], b"x"[0],
+                                            b"l"[0])  # child -> parent (and TRACK)
+
+#: Rough CPU share of a step by kind, for "least loaded": 720p video ~3.4 ms a frame at 30 fps,
+#: audio a few tenths of a ms at ~40 packets a second.
+WEIGHT = {"video": 1.0, "audio": 0.1}
+_SOCKET_BUFFER = 4 << 20  # a few hundred frames in the kernel before the parent buffers
+_READ_SIZE = 1 << 20
+_MAX_TRACKS = 8  # Track ids remembered per step and direction; tracks change rarely
+
+
+def _header(kind: int, step_id: int, payload_len: int) -> bytes:
+    return _HDR.pack(payload_len + 5, kind, step_id)
+
+
+def _messages(data: bytes) -> tuple[list[tuple[int, int, int, int]], int]:
+    """Complete messages in ``data`` as (type, step, payload start, end), and bytes consumed."""
+    out: list[tuple[int, int, int, int]] = []
+    o, n = 0, len(data)
+    unpack = _HDR.unpack_from
+    while n - o >= 9:
+        length, kind, sid = unpack(data, o)
+        end = o + 4 + length
+        if end > n:
+            break
+        out.append((kind, sid, o + 9, end))
+        o = end
+    return out, o
+
+
+def _remember(table: dict[int, Any], key: int, value: Any) -> None:
+    """Bounded id table: old tracks are never referenced again once a newer one was sent."""
+    if len(table) >= _MAX_TRACKS:
+        del table[next(iter(table))]
+    table[key] = value
+
+
+# ============================================================================ child process
+
+
+class _Forward(logging.Handler):
+    """Child log records go to the parent, so they reach the gateway's own handlers."""
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            payload = pickle.dumps((record.levelno, record.name, text), protocol=5)
+            self._send(_header(LOG, 0, len(payload)) + payload)
+        except Exception:  # noqa: BLE001 - logging must never break a step
+            pass
+
+
+class _ChildStep:
+    __slots__ = ("step", "name", "tracks", "tb_key", "tb", "out_ids", "next_out")
+
+    def __init__(self, step: Any, name: str) -> None:
+        self.step = step
+        self.name = name
+        self.tracks: dict[int, Track] = {}
+        self.tb_key: tuple[int, int] = (1, 1000)
+        self.tb = Fraction(1, 1000)
+        self.out_ids: dict[int, tuple[int, Track]] = {}  # id(Track) -> (wire id, Track)
+        self.next_out = 0
+
+
+def _child_main(sock: socket.socket, log_level: int) -> None:
+    """Entry point of a worker process: serve steps until the parent closes the socket."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the gateway's to handle
+    send_lock = threading.Lock()  # the log handler may be called from codec callbacks
+
+    def send(data: bytes) -> None:
+        with send_lock:
+            sock.sendall(data)
+
+    root = logging.getLogger()
+    root.handlers[:] = [_Forward(send)]
+    root.setLevel(log_level)
+    try:
+        from .factory import make_step  # PyAV: imported here, never in the gateway process
+    except Exception:
+        logging.getLogger(__name__).exception("transcode process cannot import its codecs")
+        return
+    steps: dict[int, _ChildStep] = {}
+    sent = COUNTERS.snapshot()
+    buf = b""
+    try:
+        while True:
+            data = sock.recv(_READ_SIZE)
+            if not data:
+                break
+            buf = buf + data if buf else data
+            msgs, used = _messages(buf)
+            for kind, sid, start, end in msgs:
+                out = _child_handle(kind, sid, buf, start, end, steps, make_step)
+                now = COUNTERS.snapshot()
+                if now != sent:
+                    deltas = _COUNTERS.pack(*(now[k] - sent[k] for k in _COUNTER_NAMES))
+                    out.insert(0, _header(COUNTERS_MSG, 0, len(deltas)) + deltas)
+                    sent = now
+                if out:
+                    send(b"".join(out))
+            buf = buf[used:]
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the gateway went away
+    finally:
+        for st in steps.values():
+            try:
+                st.step.close()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
+
+
+def _child_handle(kind: int, sid: int, buf: bytes, start: int, end: int,
+                  steps: dict[int, _ChildStep], make_step: Callable[..., Any]) -> list[bytes]:
+    """One message from the parent; returns the bytes to send back."""
+    if kind == FRAME:
+        st = steps.get(sid)
+        if st is None:
+            return []  # the step failed to open; the parent already knows
+        tid, pts, dts, num, den, key = _FRAME.unpack_from(buf, start)
+        if (num, den) != st.tb_key:
+            st.tb_key, st.tb = (num, den), Fraction(num, den)
+        frame = Frame(st.tracks[tid], buf[start + _FRAME.size:end], pts, dts, st.tb, bool(key))
+        try:
+            frames = st.step.process(frame)
+        except Exception:
+            logging.getLogger(__name__).exception(
+                "%s: transcode step failed on a frame; skipped", st.name)
+            frames = []
+        return _result(sid, st, frames)
+    if kind == TRACK:
+        st = steps.get(sid)
+        if st is not None:
+            (tid,) = _TRACK_ID.unpack_from(buf, start)
+            _remember(st.tracks, tid, pickle.loads(buf[start + 4:end]))
+        return []
+    if kind == OPEN:
+        transcode, source, name = pickle.loads(buf[start:end])
+        try:
+            step = make_step(transcode, source)
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which fails the track
+            text = f"{type(e).__name__}: {e}".encode()
+            return [_header(ERROR, sid, len(text)) + text]
+        st = _ChildStep(step, name)
+        st.tracks[0] = source
+        steps[sid] = st
+        return []
+    if kind == CLOSE:
+        st = steps.pop(sid, None)
+        if st is not None:
+            try:
+                st.step.close()
+            except Exception:
+                logging.getLogger(__name__).exception("%s: closing the step failed", st.name)
+        return [_header(CLOSED, sid, 0)]
+    return []
+
+
+def _result(sid: int, st: _ChildStep, frames: list[Frame]) -> list[bytes]:
+    parts: list[bytes] = []
+    body = [_COUNT.pack(len(frames))]
+    for f in frames:
+        entry = st.out_ids.get(id(f.track))
+        if entry is None or entry[1] is not f.track:
+            st.next_out += 1
+            entry = (st.next_out, f.track)
+            _remember(st.out_ids, id(f.track), entry)
+            desc = _TRACK_ID.pack(entry[0]) + pickle.dumps(f.track, protocol=5)
+            parts.append(_header(TRACK, sid, len(desc)) + desc)
+        tb = f.time_base
+        body.append(_OUT.pack(entry[0], f.pts, f.dts, tb.numerator, tb.denominator,
+                              f.keyframe, len(f.data)))
+        body.append(f.data)
+    size = sum(len(b) for b in body)
+    parts.append(_header(RESULT, sid, size))
+    parts.extend(body)
+    return parts
+
+
+# ============================================================================ gateway process
+
+
+class PoolStep:
+    """The gateway's handle on one step in a worker process; same surface as a thread Worker.
+
+    ``failed`` is set (and the track stops) when the step cannot open or its process dies.
+    """
+
+    def __init__(self, step_id: int, name: str, t: planner.Transcode, source: Track,
+                 deliver: Deliver, limit: int, child: _Child) -> None:
+        self.step_id = step_id
+        self.name = name
+        self.transcode = t
+        self.source = source
+        self.kind = t.kind
+        self.dropped = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        # recent arrival -> outputs-back times per input frame, in ms (pipe + queue + coding)
+        self.latency_ms: collections.deque[float] = collections.deque(maxlen=2000)
+        self.failed: str | None = None
+        self.on_failed: Callable[[str], None] | None = None
+        self._deliver = deliver
+        self._limit = limit
+        self._child = child
+        self._need_key = t.kind == "video"
+        self._stopped = False
+        self._arrivals: collections.deque[float] = collections.deque()  # in flight, FIFO
+        self._sent_track: Track | None = source
+        self._next_track = 0
+        self._out_tracks: dict[int, Track] = {}
+        self._tb_key: tuple[int, int] = (1, 1000)
+        self._tb = Fraction(1, 1000)
+        self._done = threading.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._arrivals)
+
+    def submit(self, frame: Frame) -> None:
+        if self._stopped or self.failed is not None:
+            return
+        if self._need_key:
+            if not frame.keyframe:
+                return  # the decoder can only (re)start at a keyframe
+            self._need_key = False
+        if len(self._arrivals) >= self._limit:
+            self.dropped += 1
+            if self.kind == "video":
+                self._need_key = True
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("%s: transcoder cannot keep up (%d input frames dropped so far)",
+                            self.name, self.dropped)
+            return
+        self._arrivals.append(time.perf_counter())
+        self.frames_in += 1
+        self._child.send_frame(self, frame)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.failed is None:
+            self._child.close_step(self)
+        else:
+            self._done.set()
+
+    def join(self, timeout: float = 5.0) -> None:
+        """Wait for the process to confirm the close; a no-op on the loop's own thread, which
+        is the one that would read that confirmation."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._child.loop:
+            self._done.wait(timeout)
+
+    # -- called by the child connection, on the loop ------------------------------------------
+
+    def _track_id(self, track: Track) -> tuple[int, bool]:
+        if track is self._sent_track:
+            return self._next_track, False
+        self._next_track += 1
+        self._sent_track = track
+        return self._next_track, True
+
+    def _result(self, frames: list[Frame], now: float) -> None:
+        if self._arrivals:
+            self.latency_ms.append((now - self._arrivals.popleft()) * 1000)
+        if frames:
+            self.frames_out += len(frames)
+            try:
+                self._deliver(frames)
+            except Exception:
+                log.exception("%s: delivering transcoded frames failed", self.name)
+
+    def _fail(self, text: str) -> None:
+        if self.failed is not None:
+            return
+        self.failed = text
+        self._arrivals.clear()
+        self._done.set()
+        log.error("%s: transcoder failed (%s); track stopped", self.name, text)
+        if self.on_failed is not None:
+            try:
+                self.on_failed(text)
+            except Exception:
+                log.exception("%s: failure callback failed", self.name)
+
+
+class _Child:
+    """One worker process and the parent's end of its socket; lives on the loop's thread."""
+
+    def __init__(self, index: int, loop: asyncio.AbstractEventLoop,
+                 ctx: multiprocessing.context.BaseContext) -> None:
+        self.index = index
+        self.loop = loop
+        self.steps: dict[int, PoolStep] = {}
+        self.load = 0.0
+        self.alive = True
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for s in (parent, child):
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
+                except OSError:
+                    pass
+        self.process: multiprocessing.process.BaseProcess = ctx.Process(  # type: ignore[attr-defined]
+            target=_child_main, args=(child, logging.getLogger().getEffectiveLevel()),
+            name=f"gateway-transcode-{index}", daemon=True)
+        try:
+            self.process.start()
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        parent.setblocking(False)
+        self.sock = parent
+        self._fd = parent.fileno()
+        self._wbuf = bytearray()
+        self._rbuf = b""
+        loop.add_reader(self._fd, self._on_readable)
+        log.info("transcode process %d started (pid %s)", index, self.process.pid)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _send(self, parts: list[bytes]) -> None:
+        if not self.alive:
+            return
+        if self._wbuf:
+            for p in parts:
+                self._wbuf += p
+            return
+        try:
+            sent = self.sock.sendmsg(parts)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self._lost(f"socket error: {e}")
+            return
+        total = sum(len(p) for p in parts)
+        if sent < total:
+            rest = b"".join(parts)[sent:]
+            self._wbuf += rest
+            self.loop.add_writer(self._fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self.sock.send(self._wbuf)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._lost(f"socket error: {e}")
+            return
+        del self._wbuf[:sent]
+        if not self._wbuf:
+            self.loop.remove_writer(self._fd)
+
+    def open_step(self, step: PoolStep) -> None:
+        self.steps[step.step_id] = step
+        self.load += WEIGHT.get(step.kind, 0.5)
+        payload = pickle.dumps((step.transcode, step.source, step.name), protocol=5)
+        self._send([_header(OPEN, step.step_id, len(payload)), payload])
+
+    def send_frame(self, step: PoolStep, frame: Frame) -> None:
+        tid, new = step._track_id(frame.track)
+        parts: list[bytes] = []
+        if new:
+            desc = _TRACK_ID.pack(tid) + pickle.dumps(frame.track, protocol=5)
+            parts.append(_header(TRACK, step.step_id, len(desc)) + desc)
+        tb = frame.time_base
+        data = frame.data
+        parts.append(_FRAME_MSG.pack(len(data) + _FRAME.size + 5, FRAME, step.step_id, tid,
+                                     frame.pts, frame.dts, tb.numerator, tb.denominator,
+                                     frame.keyframe))
+        parts.append(data)
+        self._send(parts)
+
+    def close_step(self, step: PoolStep) -> None:
+        self.load -= WEIGHT.get(step.kind, 0.5)
+        self._send([_header(CLOSE, step.step_id, 0)])
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._lost(f"socket error: {e}")
+            return
+        if not data:
+            self._lost("process exited")
+            return
+        buf = self._rbuf + data if self._rbuf else data
+        msgs, used = _messages(buf)
+        self._rbuf = buf[used:]
+        now = time.perf_counter()
+        for kind, sid, start, end in msgs:
+            try:
+                self._dispatch(kind, sid, buf, start, end, now)
+            except Exception:  # noqa: BLE001 - one bad message must not stall the others
+                log.exception("transcode process %d: bad message %r", self.index, kind)
+
+    def _dispatch(self, kind: int, sid: int, buf: bytes, start: int, end: int,
+                  now: float) -> None:
+        if kind == RESULT:
+            step = self.steps.get(sid)
+            if step is None:
+                return
+            (count,) = _COUNT.unpack_from(buf, start)
+            o = start + 2
+            frames: list[Frame] = []
+            for _ in range(count):
+                tid, pts, dts, num, den, key, size = _OUT.unpack_from(buf, o)
+                o += _OUT.size
+                if (num, den) != step._tb_key:
+                    step._tb_key, step._tb = (num, den), Fraction(num, den)
+                frames.append(Frame(step._out_tracks[tid], buf[o:o + size], pts, dts, step._tb,
+                                    bool(key)))
+                o += size
+            step._result(frames, now)
+        elif kind == COUNTERS_MSG:
+            COUNTERS.add(**dict(zip(_COUNTER_NAMES, _COUNTERS.unpack_from(buf, start))))
+        elif kind == TRACK:
+            step = self.steps.get(sid)
+            if step is not None:
+                (tid,) = _TRACK_ID.unpack_from(buf, start)
+                _remember(step._out_tracks, tid, pickle.loads(buf[start + 4:end]))
+        elif kind == CLOSED:
+            step = self.steps.pop(sid, None)
+            if step is not None:
+                step._done.set()
+        elif kind == ERROR:
+            step = self.steps.pop(sid, None)
+            if step is not None:
+                if not step._stopped:
+                    self.load -= WEIGHT.get(step.kind, 0.5)
+                    step._stopped = True
+                step._fail(buf[start:end].decode(errors="replace"))
+        elif kind == LOG:
+            level, name, text = pickle.loads(buf[start:end])
+            logging.getLogger(name).log(level, "%s", text)
+
+    # -- end ----------------------------------------------------------------------------------
+
+    def _lost(self, why: str) -> None:
+        """The process died or the socket broke: fail its steps; the pool starts a new one."""
+        if not self.alive:
+            return
+        self._detach()
+        self.process.join(0)  # reap it if it is already gone; the pool collects it later if not
+        code = self.process.exitcode
+        log.error("transcode process %d (pid %s) lost: %s%s; %d step(s) failed", self.index,
+                  self.process.pid, why, "" if code is None else f", exit code {code}",
+                  len(self.steps))
+        steps, self.steps = list(self.steps.values()), {}
+        for step in steps:
+            step._fail(f"transcode process lost: {why}")
+
+    def _detach(self) -> None:
+        self.alive = False
+        try:
+            self.loop.remove_reader(self._fd)
+            if self._wbuf:
+                self.loop.remove_writer(self._fd)
+        except Exception:  # noqa: BLE001 - the loop may be closed at interpreter exit
+            pass
+        self._wbuf.clear()
+        self.sock.close()
+
+    def stop(self) -> None:
+        """Closing the socket is the stop signal: the child frees its steps and exits."""
+        if self.alive:
+            self._detach()
+            for step in self.steps.values():
+                step._done.set()
+            self.steps = {}
+
+    def join(self, timeout: float) -> None:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            log.warning("transcode process %d did not exit; killing it", self.index)
+            self.process.kill()
+            self.process.join(1.0)
+
+
+class Pool:
+    """K worker processes on one event loop; a new step goes to the least loaded process."""
+
+    def __init__(self, processes: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.size = max(1, processes)
+        self.loop = loop
+        self._ctx = multiprocessing.get_context("spawn")
+        self._children: list[_Child | None] = [None] * self.size
+        self._dead: list[_Child] = []
+        self._ids = itertools.count(1)
+        self.closed = False
+        for i in range(self.size):  # all at once: the next variant's steps find a warm process
+            self._children[i] = _Child(i, loop, self._ctx)
+
+    @property
+    def processes(self) -> list[multiprocessing.process.BaseProcess]:
+        return [c.process for c in self._children if c is not None]
+
+    def open(self, name: str, t: planner.Transcode, source: Track, deliver: Deliver,
+             limit: int) -> PoolStep:
+        """Start a step; its outputs go to ``deliver`` on the loop, one call per input frame
+        that produced any. At most ``limit`` input frames are in flight; more are dropped."""
+        if self.closed:
+            raise RuntimeError("transcode pool is shut down")
+        for i, c in enumerate(self._children):
+            if c is None or not c.alive:
+                if c is not None:
+                    self._dead.append(c)
+                self._children[i] = _Child(i, self.loop, self._ctx)
+        self._reap()
+        child = min((c for c in self._children if c is not None), key=lambda c: c.load)
+        step = PoolStep(next(self._ids), name, t, source, deliver, limit, child)
+        child.open_step(step)
+        return step
+
+    def _reap(self) -> None:
+        """Collect exited processes (no zombies) without waiting for the others."""
+        running: list[_Child] = []
+        for c in self._dead:
+            c.process.join(0)
+            if c.process.exitcode is None:
+                running.append(c)
+        self._dead = running
+
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Stop every process (their steps end) and wait for them; kill what does not exit."""
+        if self.closed:
+            return
+        self.closed = True
+        children = [c for c in self._children if c is not None] + self._dead
+        self._children = [None] * self.size
+        self._dead = []
+        for c in children:
+            c.stop()
+        deadline = time.monotonic() + timeout
+        for c in children:
+            c.join(max(0.0, deadline - time.monotonic()))
+
+
+_POOLS: dict[asyncio.AbstractEventLoop, Pool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def default_processes() -> int:
+    """One per CPU this process may run on (``taskset`` and cgroups included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def get_pool(processes: int = -1) -> Pool:
+    """The pool of the running loop, started on first use with ``processes`` (< 1: one per
+    CPU). Its size is fixed until ``shutdown()``; pools of loops that have closed are stopped."""
+    loop = asyncio.get_running_loop()
+    with _POOLS_LOCK:
+        pool = _POOLS.get(loop)
+        if pool is not None and not pool.closed:
+            return pool
+        stale = [p for lp, p in _POOLS.items() if lp.is_closed() or p.closed]
+        for p in stale:
+            del _POOLS[p.loop]
+    for p in stale:
+        p.shutdown()
+    pool = Pool(processes if processes > 0 else default_processes(), loop)
+    with _POOLS_LOCK:
+        _POOLS[loop] = pool
+    return pool
+
+
+def shutdown(timeout: float = 3.0) -> None:
+    """Stop the pool of the running loop (every pool when no loop runs here); the next
+    transcode starts a new one. Blocks until the processes exited (normally a few ms)."""
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    with _POOLS_LOCK:
+        if loop is None:
+            pools = list(_POOLS.values())
+            _POOLS.clear()
+        else:
+            pool = _POOLS.pop(loop, None)
+            pools = [] if pool is None else [pool]
+    for p in pools:
+        p.shutdown(timeout)

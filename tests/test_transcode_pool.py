@@ -1,0 +1,337 @@
+"""The transcode process pool with real PyAV steps in real worker processes.
+
+Inputs are a small H.264 (B-frames) + AAC FLV made by the FFmpeg CLI and demuxed by PyAV into
+internal ``Frame``s, as the RTMP ingest would produce them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from conftest import _make_clip
+from gateway import planner
+from gateway.hub.stream import Stream
+from gateway.media import Frame, StreamInfo, Track
+from gateway.transcode import pool as pool_mod
+from gateway.transcode import variant as variant_mod
+from gateway.transcode.step import COUNTERS
+
+SEQ = b"\x00\x00\x01\xb3"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Track, list[Frame]]]:
+    """Per kind: the source track and its frames in decode order (AVCC, raw AAC)."""
+    path = _make_clip(tmp_path_factory.mktemp("pool") / "b.flv", bframes=True, seconds=3)
+    out: dict[str, tuple[Track, list[Frame]]] = {}
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        vt = Track("video", "h264", bytes(v.codec_context.extradata), width=640, height=360,
+                   frame_rate=30.0, profile="high", has_b_frames=True)
+        at = Track("audio", "aac", bytes(a.codec_context.extradata), sample_rate=44100,
+                   channels=2)
+        frames: dict[str, list[Frame]] = {"video": [], "audio": []}
+        for p in c.demux(v, a):
+            if not p.size:
+                continue
+            kind = p.stream.type
+            track = vt if kind == "video" else at
+            frames[kind].append(Frame(track, bytes(p), p.pts, p.dts, Fraction(p.time_base),
+                                      p.is_keyframe))
+    out["video"] = (vt, frames["video"])
+    out["audio"] = (at, frames["audio"])
+    return out
+
+
+def _plan(media: dict[str, tuple[Track, list[Frame]]]) -> planner.Plan:
+    tracks = {k: t for k, (t, _) in media.items()}
+    return planner.plan(planner.load_matrix(), tracks, "h5")  # h264 -> mpeg1video, aac -> mp2
+
+
+def _transcode(media: dict[str, tuple[Track, list[Frame]]], kind: str) -> planner.Transcode:
+    t = _plan(media).get(kind)
+    assert isinstance(t, planner.Transcode)
+    return t
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        await asyncio.sleep(0.01)
+
+
+def _run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    """Each test on its own loop; the module pool never outlives it."""
+    async def main() -> None:
+        try:
+            await coro_fn()
+        finally:
+            pool_mod.shutdown()
+
+    asyncio.run(main())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_frames_round_trip_with_timing_latency_and_counters(media) -> None:
+    vt, vframes = media["video"]
+    at, aframes = media["audio"]
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        got: dict[str, list[Frame]] = {"video": [], "audio": []}
+        threads: set[int] = set()
+
+        def deliver(kind: str) -> Callable[[list[Frame]], None]:
+            def take(frames: list[Frame]) -> None:
+                threads.add(threading.get_ident())
+                got[kind].extend(frames)
+            return take
+
+        before = COUNTERS.snapshot()
+        p = pool_mod.get_pool(2)
+        assert len(p.processes) == 2
+        v = p.open("test video", _transcode(media, "video"), vt, deliver("video"), 60)
+        a = p.open("test audio", _transcode(media, "audio"), at, deliver("audio"), 200)
+        assert v._child is not a._child  # least loaded: the audio step goes to the idle process
+        for i in range(max(len(vframes), len(aframes))):
+            if i < len(vframes):
+                v.submit(vframes[i])
+            if i < len(aframes):
+                a.submit(aframes[i])
+            if i % 10 == 9:  # stay under the in-flight bound (the first process start is slow)
+                await _until(lambda: v.in_flight == 0 and a.in_flight == 0)
+        await _until(lambda: v.in_flight == 0 and a.in_flight == 0)
+
+        assert threads == {loop_thread}  # delivered on the event loop
+        assert v.frames_in == len(vframes) and a.frames_in == len(aframes)
+        assert v.dropped == a.dropped == 0
+        assert len(v.latency_ms) == len(vframes) and len(a.latency_ms) == len(aframes)
+        assert all(ms >= 0 for ms in v.latency_ms)
+        out = got["video"]
+        assert v.frames_out == len(out)
+        # without a flush the decoder keeps its reorder delay (a few frames) at the end
+        assert len(vframes) - 6 <= len(out) < len(vframes)
+        assert [f.pts for f in out] == sorted(f.pts for f in vframes)[:len(out)]
+        assert all(f.dts == f.pts and f.time_base == vframes[0].time_base for f in out)
+        track = out[0].track
+        assert all(f.track is track for f in out)  # one Track object: the variant compares by identity
+        assert track.codec == "mpeg1video" and (track.width, track.height) == (640, 360)
+        assert out[0].keyframe and out[0].data.startswith(SEQ)
+        audio = got["audio"]
+        assert a.frames_out == len(audio) > 0 and audio[0].track.codec == "mp2"
+        assert all(f.track is audio[0].track for f in audio)
+        first = audio[0].pts * audio[0].time_base  # the audio step keeps the source's timeline
+        assert abs(first - aframes[0].pts * aframes[0].time_base) < Fraction(1, 1000)
+        pts = [f.pts for f in audio]
+        assert pts == sorted(pts)
+        after = COUNTERS.snapshot()  # counted in the children, summed up here
+        assert after["decoders_opened"] - before["decoders_opened"] == 2
+        assert after["encoders_opened"] - before["encoders_opened"] == 2
+        assert after["frames_encoded"] - before["frames_encoded"] >= len(out) + len(audio)
+        v.stop()
+        a.stop()
+        await _until(lambda: not v._child.steps and not a._child.steps)
+
+    _run(main)
+
+
+def test_in_flight_bound_drops_video_until_keyframe(media, caplog) -> None:
+    vt, vframes = media["video"]
+    at, aframes = media["audio"]
+    keys = [i for i, f in enumerate(vframes) if f.keyframe]
+    assert keys[:2] == [0, 30]
+
+    async def main() -> None:
+        out: list[Frame] = []
+        p = pool_mod.get_pool(1)
+        v = p.open("bounded video", _transcode(media, "video"), vt, out.extend, 5)
+        a = p.open("bounded audio", _transcode(media, "audio"), at, lambda f: None, 3)
+        with caplog.at_level(logging.WARNING, logger="gateway.transcode.pool"):
+            for f in vframes[:30]:  # no await: no acknowledgement can come back meanwhile
+                v.submit(f)
+            for f in aframes[:10]:
+                a.submit(f)
+        assert (v.frames_in, v.in_flight, v.dropped) == (5, 5, 1)  # then waits for a keyframe
+        assert (a.frames_in, a.in_flight, a.dropped) == (3, 3, 7)
+        assert "bounded video: transcoder cannot keep up" in caplog.text
+        await _until(lambda: v.in_flight == 0 and a.in_flight == 0)
+        for f in vframes[30:33]:  # resumes at the next keyframe
+            v.submit(f)
+        assert v.frames_in == 8 and v.dropped == 1
+        await _until(lambda: v.in_flight == 0)
+        assert len(v.latency_ms) == 8
+        v.stop()
+        a.stop()
+
+    _run(main)
+
+
+def test_killed_process_fails_its_steps_and_a_new_step_works(media, caplog) -> None:
+    vt, vframes = media["video"]
+
+    async def main() -> None:
+        p = pool_mod.get_pool(1)
+        failures: list[str] = []
+        out: list[Frame] = []
+        s = p.open("doomed", _transcode(media, "video"), vt, out.extend, 60)
+        s.on_failed = failures.append
+        for f in vframes[:10]:
+            s.submit(f)
+        await _until(lambda: s.in_flight == 0)
+        assert out
+        pid = p.processes[0].pid
+        assert pid is not None
+        with caplog.at_level(logging.ERROR, logger="gateway.transcode.pool"):
+            os.kill(pid, signal.SIGKILL)
+            await _until(lambda: s.failed is not None)
+        assert failures and "transcode process lost" in failures[0]
+        assert "doomed: transcoder failed" in caplog.text
+        n = s.frames_in
+        s.submit(vframes[30])  # a failed step ignores its input
+        assert s.frames_in == n
+        s.stop()
+        s.join(0.1)
+
+        out2: list[Frame] = []
+        s2 = p.open("fresh", _transcode(media, "video"), vt, out2.extend, 60)
+        assert p.processes[0].pid != pid  # restarted for the new step
+        for f in vframes[:10]:
+            s2.submit(f)
+        await _until(lambda: s2.in_flight == 0)
+        assert s2.failed is None and out2 and out2[0].keyframe
+        assert _gone(pid)  # the killed process was reaped, not left a zombie
+
+    _run(main)
+
+
+def test_step_that_cannot_open_fails_alone(media) -> None:
+    vt, vframes = media["video"]
+
+    async def main() -> None:
+        p = pool_mod.get_pool(1)
+        good = _transcode(media, "video")
+        bad = replace(good, to_codec="nope")
+        s = p.open("bad", bad, vt, lambda f: None, 60)
+        await _until(lambda: s.failed is not None)
+        assert "cannot encode video codec" in (s.failed or "")
+        out: list[Frame] = []
+        s2 = p.open("good", good, vt, out.extend, 60)
+        for f in vframes[:5]:
+            s2.submit(f)
+        await _until(lambda: s2.in_flight == 0)
+        assert out and s2.failed is None
+
+    _run(main)
+
+
+def test_child_log_records_reach_the_gateway_log(media, caplog) -> None:
+    at, aframes = media["audio"]
+
+    async def main() -> None:
+        p = pool_mod.get_pool(1)
+        s = p.open("noisy", _transcode(media, "audio"), at, lambda f: None, 200)
+        with caplog.at_level(logging.WARNING):
+            for f in aframes[:3]:
+                s.submit(Frame(f.track, b"\xff" * 40, f.pts, f.dts, f.time_base, True))
+            await _until(lambda: s.in_flight == 0)
+            await _until(lambda: "gateway.transcode.audio" in {r.name for r in caplog.records})
+        assert s.failed is None  # bad input is skipped, the step lives on
+
+    _run(main)
+
+
+def test_shutdown_leaves_no_child_processes(media) -> None:
+    vt, vframes = media["video"]
+    pids: list[int] = []
+
+    async def main() -> None:
+        p = pool_mod.get_pool(2)
+        s = p.open("short", _transcode(media, "video"), vt, lambda f: None, 60)
+        for f in vframes[:5]:
+            s.submit(f)
+        await _until(lambda: s.in_flight == 0)
+        pids.extend(pr.pid for pr in p.processes if pr.pid is not None)
+        assert len(pids) == 2
+        pool_mod.shutdown()  # with a step still open: the process frees it and exits
+        assert p.closed and not p.processes
+        assert all(_gone(pid) for pid in pids)
+        with pytest.raises(RuntimeError):
+            p.open("late", _transcode(media, "video"), vt, lambda f: None, 60)
+
+    _run(main)
+    assert not [c for c in multiprocessing.active_children() if c.pid in pids]
+
+
+class _Collect:
+    """A sink of the variant: what its viewers would get."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def on_track(self, track: Track) -> None:
+        pass
+
+    def on_metadata(self, metadata: dict[str, object]) -> None:
+        pass
+
+    def on_frame(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    def on_end(self, reason: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("processes", [-1, 0])
+def test_variant_runs_steps_where_configured(media, processes: int) -> None:
+    vt, vframes = media["video"]
+    at, aframes = media["audio"]
+
+    async def main() -> None:
+        variant_mod.configure(processes=processes)
+        try:
+            source = Stream("live/pool", StreamInfo("rtmp"), "test")
+            source.set_track(vt)
+            source.set_track(at)
+            plan = _plan(media)
+            key = ("variant", plan.variant_key())
+            var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key))
+            viewer = var.sink("viewer", lambda s: _Collect())
+            want = pool_mod.PoolStep if processes else variant_mod.Worker
+            assert all(isinstance(w, want) for w in var.workers.values())
+            merged = sorted(vframes[:40] + aframes[:50], key=lambda f: f.dts * f.time_base)
+            for f in merged:
+                source.push(f)
+                await asyncio.sleep(0.002)
+            await _until(lambda: {"video", "audio"} <= {f.track.kind for f in viewer.frames}
+                         and var.stats()["video"]["out"] >= 30)
+            stats = var.stats()
+            assert stats["video"]["in"] == 40 and stats["video"]["latency_ms_p99"] is not None
+            assert {t.codec for t in var.tracks.values()} == {"mpeg1video", "mp2"}
+            var.drop_sink("viewer")  # last viewer: steps stop, the variant leaves the source
+            assert var.closed and key not in source.sinks
+        finally:
+            variant_mod.configure(processes=-1)
+
+    _run(main)
