@@ -56,6 +56,8 @@ class Stream:
         self.frames_in = 0
         self.bytes_in = 0
         self._rate: dict[str, list[float]] = {}  # kind -> [first ms, last ms, bytes]
+        # set by publishers that can produce a keyframe on demand (WebRTC: PLI); RTMP cannot
+        self.keyframe_hook: Callable[[], bool] | None = None
 
     @property
     def tracks(self) -> dict[str, Track]:
@@ -112,6 +114,12 @@ class Stream:
             return
         self.gop.append(frame)
         self._gop_bytes += len(frame.data)
+
+    def request_keyframe(self) -> bool:
+        """Ask the publisher for a keyframe (a new viewer or variant has no GOP to start from).
+        False when it cannot be asked: then only the GOP cache or the next keyframe helps."""
+        hook = self.keyframe_hook
+        return bool(hook()) if hook is not None else False
 
     def bitrate(self, kind: str) -> int:
         """Measured bit/s of one track since publishing started (0 until 0.5 s are known)."""

@@ -122,6 +122,8 @@ class Output:
                    send_initial: bool = True) -> Fanout:
         f = self.fanout(framing_name, framing)
         f.add(viewer, send_initial)
+        if viewer.waiting_key:
+            self.stream.request_keyframe()  # nothing cached to start from
         return f
 
     def remove_viewer(self, fanout: Fanout, viewer: Viewer, reason: str = "left") -> None:

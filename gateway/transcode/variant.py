@@ -171,7 +171,12 @@ class Variant(Stream):
             self._track_in(track)
         for frame in source.gop:
             self.on_frame(frame)
+        if self.workers.get("video") is not None and not source.gop:
+            source.request_keyframe()  # the video decoder can only start at one
         log.info("%s: variant started: %s", source.key, plan)
+
+    def request_keyframe(self) -> bool:
+        return self.source.request_keyframe()
 
     @property
     def has_video(self) -> bool:

@@ -50,29 +50,20 @@ _NTP_UNIX = 2208988800  # seconds from 1900 to 1970
 # -- keyframe requests ---------------------------------------------------------------------------
 
 KeyframeHook = Callable[[], bool]
-_HOOK_ATTR = "request_keyframe"
 
 
 def set_keyframe_hook(stream: Stream, hook: KeyframeHook | None) -> None:
-    """Let consumers of ``stream`` ask its publisher for a keyframe (see ``request_keyframe``)."""
-    setattr(stream, _HOOK_ATTR, hook)
+    """Let consumers of ``stream`` ask its publisher for a keyframe (``Stream.request_keyframe``)."""
+    stream.keyframe_hook = hook
 
 
 def request_keyframe(stream: Stream) -> bool:
-    """Ask whoever produces ``stream`` (following variants to their source) for a keyframe.
+    """Ask whoever produces ``stream`` (variants delegate to their source) for a keyframe.
 
     True if a publisher was asked; False when none can be (e.g. RTMP): the caller then has only
     the GOP cache.
     """
-    seen = 0
-    s: Stream | None = stream
-    while s is not None and seen < 8:
-        hook = getattr(s, _HOOK_ATTR, None)
-        if callable(hook):
-            return bool(hook())
-        s = getattr(s, "source", None)
-        seen += 1
-    return False
+    return stream.request_keyframe()
 
 
 # -- the session clock ---------------------------------------------------------------------------
