@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 from conftest import FFMPEG, FFPROBE
 
@@ -66,3 +69,17 @@ def assert_good(p: Probe, *, seconds: float, bframes: bool) -> None:
         assert all(q >= d - 1e-6 for d, q in zip(p.video_dts, p.video_pts)), "pts before dts"
     else:
         assert reordered == 0
+
+
+async def ws_collect(url: str, seconds: float, sizes: list[int] | None = None) -> bytes:
+    """A WebSocket player: the binary messages of ``seconds``, joined (their sizes in ``sizes``)."""
+    buf = bytearray()
+    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            msg = await ws.receive(timeout=10)
+            assert msg.type == aiohttp.WSMsgType.BINARY, msg
+            if sizes is not None:
+                sizes.append(len(msg.data))
+            buf += msg.data
+    return bytes(buf)

@@ -10,12 +10,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import aiohttp
 import av
 import pytest
 
 from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway
-from flvcheck import assert_good, capture, probe
+from flvcheck import assert_good, capture, probe, ws_collect
 from gateway.protocols import flv
 
 SECONDS = 3.0
@@ -45,20 +44,9 @@ def test_http_flv_play_back(gateway: RunningGateway, publish, clips, tmp_path: P
     assert_good(probe(out), seconds=SECONDS, bframes=kind == "bframes")
 
 
-async def _ws_collect(url: str, seconds: float) -> bytes:
-    buf = bytearray()
-    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            msg = await ws.receive(timeout=5)
-            assert msg.type == aiohttp.WSMsgType.BINARY, msg
-            buf += msg.data
-    return bytes(buf)
-
-
 def test_ws_flv_play_back(gateway: RunningGateway, publish, clips, tmp_path: Path) -> None:
     publish(clips["bframes"], "live/cam")
-    data = asyncio.run(_ws_collect(gateway.ws_url("live/cam.flv"), SECONDS + 1))
+    data = asyncio.run(ws_collect(gateway.ws_url("live/cam.flv"), SECONDS + 1))
     assert data[:3] == b"FLV"
     out = tmp_path / "ws.flv"
     out.write_bytes(data)
@@ -103,7 +91,7 @@ def test_second_publisher_refused(gateway: RunningGateway, publish, clips) -> No
     try:
         second.proc.wait(20)
     finally:
-        err = second.stderr()
+        second.stderr()
     assert second.proc.returncode != 0
     assert gateway.gw.hub.streams["live/cam"].publisher.startswith("rtmp")
     # the first publisher's stream is untouched

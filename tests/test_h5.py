@@ -13,21 +13,8 @@ import av
 import pytest
 
 from conftest import FFMPEG, FFPROBE, RunningGateway
-from flvcheck import capture, probe
+from flvcheck import capture, probe, ws_collect
 from gateway.transcode.step import COUNTERS
-
-
-async def _ws_collect(url: str, seconds: float, sizes: list[int] | None = None) -> bytes:
-    buf = bytearray()
-    async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            msg = await ws.receive(timeout=10)
-            assert msg.type == aiohttp.WSMsgType.BINARY, msg
-            if sizes is not None:
-                sizes.append(len(msg.data))
-            buf += msg.data
-    return bytes(buf)
 
 
 def _codecs(data: bytes) -> dict[str, str]:
@@ -54,7 +41,7 @@ def _decode_ts(data: bytes) -> dict[str, list]:
 def test_rtmp_to_jsmpeg_websocket(gateway: RunningGateway, publish, clips) -> None:
     publish(clips["bframes"], "live/cam")
     sizes: list[int] = []
-    data = asyncio.run(_ws_collect(gateway.ws_url("live/cam.jsmpeg"), 3.0, sizes))
+    data = asyncio.run(ws_collect(gateway.ws_url("live/cam.jsmpeg"), 3.0, sizes))
     assert sizes and all(n % 188 == 0 for n in sizes), "a WS message split a TS packet"
     assert data[0] == 0x47
     # the first video payload starts with an MPEG-1 sequence header (00 00 01 B3) and an I-frame
@@ -81,8 +68,8 @@ def test_jsmpeg_viewers_share_one_transcoder_and_it_stops(gateway: RunningGatewa
     before = COUNTERS.snapshot()
 
     async def two_viewers() -> None:
-        await asyncio.gather(_ws_collect(gateway.ws_url("live/cam.jsmpeg"), 2.0),
-                             _ws_collect(gateway.ws_url("live/cam.jsmpeg"), 2.5))
+        await asyncio.gather(ws_collect(gateway.ws_url("live/cam.jsmpeg"), 2.0),
+                             ws_collect(gateway.ws_url("live/cam.jsmpeg"), 2.5))
 
     async def watch() -> int:
         task = asyncio.ensure_future(two_viewers())
@@ -150,7 +137,7 @@ def test_h5_publish_to_jsmpeg_passes_through(gateway: RunningGateway) -> None:
     try:
         gateway.wait_stream("live/h5", timeout=10)
         before = COUNTERS.snapshot()
-        data = asyncio.run(_ws_collect(gateway.ws_url("live/h5.jsmpeg"), 2.0))
+        data = asyncio.run(ws_collect(gateway.ws_url("live/h5.jsmpeg"), 2.0))
         assert COUNTERS.snapshot() == before  # MPEG-1/MP2 in, MPEG-1/MP2 out: nothing decoded
         frames = _decode_ts(data)
         assert frames["codecs"][0] == {"video": "mpeg1video", "audio": "mp2"}

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..media import Frame, Track
+from ..media import Frame
 
 
 class Step(Protocol):
