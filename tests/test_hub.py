@@ -177,3 +177,44 @@ def test_sink_shared_and_dropped() -> None:
     assert x is y and len(made) == 1
     hub.unpublish(s, "bye")
     assert x.ended == "bye"
+
+
+def test_transport_closed_under_us_removes_only_that_viewer() -> None:
+    class Closed(FakeTransport):
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    f = Fanout("s", limits=Limits(batch_interval=0))
+    bad, good = Closed(), FakeTransport()
+    ends: list[str] = []
+    f.add(viewer(bad, ends), send_initial=False)
+    f.add(viewer(good, []))
+    f.push(b"K", keyframe=True, flush=True)  # must not raise into the publisher
+    f.push(b"d", flush=True)
+    assert ends and ends[0].startswith("connection closed")
+    assert good.writes[1:] == [b"K", b"d"]
+
+
+def test_failing_sink_is_removed_publisher_unharmed() -> None:
+    hub = Hub()
+    s = hub.publish("live/a", StreamInfo("rtmp"), "p")
+    v, _ = _tracks()
+    s.set_track(v)
+    got: list[bytes] = []
+
+    class Bad:
+        def on_track(self, track: Track) -> None: ...
+        def on_metadata(self, metadata: dict[str, object]) -> None: ...
+        def on_frame(self, frame: Frame) -> None:
+            raise ValueError("boom")
+        def on_end(self, reason: str) -> None: ...
+
+    class Good(Bad):
+        def on_frame(self, frame: Frame) -> None:
+            got.append(frame.data)
+
+    s.sink("bad", lambda _s: Bad())
+    s.sink("good", lambda _s: Good())
+    s.push(Frame(v, b"k", 0, 0, keyframe=True))
+    s.push(Frame(v, b"p", 33, 33))
+    assert got == [b"k", b"p"] and "bad" not in s.sinks

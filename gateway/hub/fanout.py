@@ -180,11 +180,20 @@ class Fanout:
                              self.name, v.label, size)
                 continue
             if v.waiting_key:
+                if t.is_closing():
+                    gone = gone or []
+                    gone.append((v, "connection closed"))
+                    continue
                 v.waiting_key = False
                 if v.fresh:
                     v.fresh = False
                     t.write(self.header)  # as of now: configs that arrived while it waited
-            t.write(data)
+            try:
+                t.write(data)
+            except Exception as e:  # e.g. uvloop raises on a transport closed under us
+                gone = gone or []
+                gone.append((v, f"connection closed ({e.__class__.__name__})"))
+                continue
             sent += 1
         self.bytes_out += sent * len(data)
         if gone:
@@ -218,7 +227,7 @@ class Fanout:
             self.viewers.remove(viewer)
         except ValueError:
             return
-        if reason not in ("left", "connection closed"):
+        if reason != "left" and not reason.startswith("connection closed"):
             log.warning("%s: viewer %s ended: %s", self.name, viewer.label, reason)
         viewer.end(reason)
 

@@ -92,8 +92,12 @@ class Stream:
             r[1] = ms
             r[2] += n
         self._remember(frame)
-        for sink in list(self.sinks.values()):
-            sink.on_frame(frame)
+        for key, sink in list(self.sinks.items()):
+            try:
+                sink.on_frame(frame)
+            except Exception:  # a broken output must not take the publisher (or others) down
+                log.exception("%s: sink %r failed on a frame; removed", self.key, key)
+                self._fail_sink(key, sink)
 
     def _remember(self, frame: Frame) -> None:
         if not self.has_video:
@@ -138,6 +142,14 @@ class Stream:
             self.sinks[key] = sink
             log.debug("%s: sink %r started", self.key, key)
         return sink  # type: ignore[return-value]
+
+    def _fail_sink(self, key: object, sink: Sink) -> None:
+        if self.sinks.get(key) is sink:
+            del self.sinks[key]
+            try:
+                sink.on_end("internal error in this output")
+            except Exception:
+                log.exception("%s: sink %r failed while ending", self.key, key)
 
     def drop_sink(self, key: object) -> None:
         if self.sinks.pop(key, None) is not None:

@@ -172,7 +172,7 @@ class RtmpSession(asyncio.Protocol):
             self.conn.send_stream_eof(PLAY_STREAM_ID)
             self._flush()
             self._close(abort=False)
-        elif reason not in ("left", "connection closed"):
+        elif reason != "left" and not reason.startswith("connection closed"):
             self._close(abort=True)
 
     # -- teardown ------------------------------------------------------------------------
