@@ -14,6 +14,7 @@ from .config import Config
 from .context import Context
 from .hub.stream import Hub
 from .servers import http, rtmp
+from .transcode import pool, variant
 
 log = logging.getLogger("gateway")
 
@@ -35,9 +36,11 @@ class Gateway:
         self.hub.close()
         await self.http_runner.cleanup()
         await self.rtmp_server.wait_closed()
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
 
 async def start(config: Config) -> Gateway:
+    variant.configure(processes=config.transcode_processes)
     hub = Hub()
     ctx = Context(config, hub, planner.load_matrix(config.matrix_dir or None))
     rtmp_server = await rtmp.serve(ctx)

@@ -157,6 +157,26 @@ def test_frames_round_trip_with_timing_latency_and_counters(media) -> None:
     _run(main)
 
 
+def test_steps_of_one_group_share_a_process(media) -> None:
+    vt, _ = media["video"]
+    at, _ = media["audio"]
+
+    async def main() -> None:
+        p = pool_mod.get_pool(2)
+        g1, g2 = object(), object()
+        v1 = p.open("v1", _transcode(media, "video"), vt, lambda f: None, 60, group=g1)
+        v2 = p.open("v2", _transcode(media, "video"), vt, lambda f: None, 60, group=g2)
+        a1 = p.open("a1", _transcode(media, "audio"), at, lambda f: None, 200, group=g1)
+        a2 = p.open("a2", _transcode(media, "audio"), at, lambda f: None, 200, group=g2)
+        assert v1._child is not v2._child  # least loaded first...
+        assert a1._child is v1._child and a2._child is v2._child  # ...then with its variant
+        for s in (v1, v2, a1, a2):
+            s.stop()
+        await _until(lambda: all(not c.steps for c in (v1._child, v2._child)))
+
+    _run(main)
+
+
 def test_in_flight_bound_drops_video_until_keyframe(media, caplog) -> None:
     vt, vframes = media["video"]
     at, aframes = media["audio"]

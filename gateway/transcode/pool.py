@@ -69,14 +69,28 @@ _COUNTERS = struct.Struct("<qqqq")
 _COUNTER_NAMES = ("decoders_opened", "encoders_opened", "frames_decoded", "frames_encoded")
 
 OPEN, TRACK, FRAME, CLOSE = b"o"[0], b"t"[0], b"f"[0], b"c"[0]  # parent -> child
-RESULT, COUNTERS_MSG, ERROR, CLOSED, LOG = (b"r"[0], b"n"[0], b"e"[0], b"x"[0],
-                                            b"l"[0])  # child -> parent (and TRACK)
+RESULT, COUNTERS_MSG, ERROR, CLOSED, LOG, READY = (b"r"[0], b"n"[0], b"e"[0], b"x"[0],
+                                                   b"l"[0], b"y"[0])  # child -> parent (+TRACK)
 
 #: Rough CPU share of a step by kind, for "least loaded": 720p video ~3.4 ms a frame at 30 fps,
 #: audio a few tenths of a ms at ~40 packets a second.
 WEIGHT = {"video": 1.0, "audio": 0.1}
 _SOCKET_BUFFER = 4 << 20  # a few hundred frames in the kernel before the parent buffers
 _READ_SIZE = 1 << 20
+
+
+class _Reader:
+    """Receives into one reused buffer: a fresh 1 MiB ``recv`` per message costs an mmap."""
+
+    __slots__ = ("_buf", "_view")
+
+    def __init__(self) -> None:
+        self._buf = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buf)
+
+    def recv(self, sock: socket.socket) -> bytes:
+        n = sock.recv_into(self._buf)
+        return self._view[:n].tobytes()
 _MAX_TRACKS = 8  # Track ids remembered per step and direction; tracks change rarely
 
 
@@ -157,12 +171,14 @@ def _child_main(sock: socket.socket, log_level: int) -> None:
     except Exception:
         logging.getLogger(__name__).exception("transcode process cannot import its codecs")
         return
+    send(_header(READY, 0, 0))
     steps: dict[int, _ChildStep] = {}
     sent = COUNTERS.snapshot()
     buf = b""
+    reader = _Reader()
     try:
         while True:
-            data = sock.recv(_READ_SIZE)
+            data = reader.recv(sock)
             if not data:
                 break
             buf = buf + data if buf else data
@@ -264,8 +280,9 @@ class PoolStep:
     """
 
     def __init__(self, step_id: int, name: str, t: planner.Transcode, source: Track,
-                 deliver: Deliver, limit: int, child: _Child) -> None:
+                 deliver: Deliver, limit: int, child: _Child, group: object = None) -> None:
         self.step_id = step_id
+        self.group = group
         self.name = name
         self.transcode = t
         self.source = source
@@ -375,6 +392,7 @@ class _Child:
         self.steps: dict[int, PoolStep] = {}
         self.load = 0.0
         self.alive = True
+        self._started = time.perf_counter()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for s in (parent, child):
             for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -397,8 +415,9 @@ class _Child:
         self._fd = parent.fileno()
         self._wbuf = bytearray()
         self._rbuf = b""
+        self._reader = _Reader()
         loop.add_reader(self._fd, self._on_readable)
-        log.info("transcode process %d started (pid %s)", index, self.process.pid)
+        log.debug("transcode process %d started (pid %s)", index, self.process.pid)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -462,7 +481,7 @@ class _Child:
 
     def _on_readable(self) -> None:
         try:
-            data = self.sock.recv(_READ_SIZE)
+            data = self._reader.recv(self.sock)
         except BlockingIOError:
             return
         except OSError as e:
@@ -520,6 +539,9 @@ class _Child:
         elif kind == LOG:
             level, name, text = pickle.loads(buf[start:end])
             logging.getLogger(name).log(level, "%s", text)
+        elif kind == READY:
+            log.info("transcode process %d (pid %s) ready in %.0f ms", self.index,
+                     self.process.pid, (now - self._started) * 1000)
 
     # -- end ----------------------------------------------------------------------------------
 
@@ -553,6 +575,7 @@ class _Child:
         if self.alive:
             self._detach()
             for step in self.steps.values():
+                step._stopped = True  # later input is ignored, not counted as "cannot keep up"
                 step._done.set()
             self.steps = {}
 
@@ -583,9 +606,13 @@ class Pool:
         return [c.process for c in self._children if c is not None]
 
     def open(self, name: str, t: planner.Transcode, source: Track, deliver: Deliver,
-             limit: int) -> PoolStep:
+             limit: int, group: object = None) -> PoolStep:
         """Start a step; its outputs go to ``deliver`` on the loop, one call per input frame
-        that produced any. At most ``limit`` input frames are in flight; more are dropped."""
+        that produced any. At most ``limit`` input frames are in flight; more are dropped.
+
+        Steps of one ``group`` (a variant's tracks) share a process: it codes their frames in
+        arrival order, so audio and video outputs come back as interleaved as they went in
+        instead of one track racing ahead (e.g. through a backlog while a process starts)."""
         if self.closed:
             raise RuntimeError("transcode pool is shut down")
         for i, c in enumerate(self._children):
@@ -594,8 +621,11 @@ class Pool:
                     self._dead.append(c)
                 self._children[i] = _Child(i, self.loop, self._ctx)
         self._reap()
-        child = min((c for c in self._children if c is not None), key=lambda c: c.load)
-        step = PoolStep(next(self._ids), name, t, source, deliver, limit, child)
+        live = [c for c in self._children if c is not None]
+        mates = [c for c in live if group is not None
+                 and any(s.group is group and not s._stopped for s in c.steps.values())]
+        child = mates[0] if mates else min(live, key=lambda c: c.load)
+        step = PoolStep(next(self._ids), name, t, source, deliver, limit, child, group)
         child.open_step(step)
         return step
 

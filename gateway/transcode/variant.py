@@ -2,11 +2,12 @@
 
 A *variant* is the source stream after the planner's answer for one target: pass-through tracks
 are forwarded as the very same ``Frame`` objects (never decoded), transcoded tracks go through a
-``Step`` in a worker process of the transcode pool (``pool.py``), or in a worker thread of the
-gateway process when ``configure(processes=0)`` (or a custom step factory) asks for it. A variant is itself a ``Stream`` (tracks, GOP cache, sinks), so
-outputs attach to it exactly as to a published stream, and every viewer with the same plan shares
-it: 100 jsmpeg viewers cost one H264->MPEG1 transcode. It starts with its first sink and stops
-(threads ended, codecs freed) when its last sink leaves.
+``Step`` in a worker process of the transcode pool (``pool.py``: coding there never competes with
+the event loop for the GIL), or in a worker thread of the gateway process when
+``configure(processes=0)`` or a custom step factory asks for it. A variant is itself a ``Stream``
+(tracks, GOP cache, sinks), so outputs attach to it exactly as to a published stream, and every
+viewer with the same plan shares it: 100 jsmpeg viewers cost one H264->MPEG1 transcode. It starts
+with its first sink and stops (steps closed, codecs freed) when its last sink leaves.
 """
 
 from __future__ import annotations
@@ -206,7 +207,8 @@ class Variant(Stream):
         limit = QUEUE_FRAMES.get(tp.kind, 100)
         if _processes != 0 and self._factory is _default_factory:
             try:
-                return pool.get_pool(_processes).open(name, tp, track, self._deliver, limit)
+                return pool.get_pool(_processes).open(name, tp, track, self._deliver, limit,
+                                                      group=self)
             except Exception:  # noqa: BLE001 - a transcode in a thread beats no transcode
                 log.exception("%s: cannot use the transcode pool; using a thread", name)
         return Worker(name, tp, track, self._factory, self._deliver, self._loop)
