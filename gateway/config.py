@@ -30,7 +30,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     max_message_size: int = 16 << 20  # largest RTMP message accepted from a peer
     # Where transcode steps run: -1 one worker process per CPU, 0 threads in the gateway
-    # process (GIL-bound: fewer real-time variants), N that many worker processes.
+    # process (GIL-bound: several times the latency under load), N that many processes.
     transcode_processes: int = -1
 
 

@@ -4,8 +4,8 @@ Why processes: with one thread per step, the event loop and the Python parts of 
 one GIL, and each re-acquisition after a codec call can wait a whole switch interval; latency then
 grows with the number of variants although the codecs themselves are cheap. Here the gateway
 process only moves bytes: a step lives in one of K child processes (default: one per CPU, each
-hosting many steps, the least loaded one taking a new step) and the parent talks to it over a
-socket pair with a compact framing:
+hosting many steps; a variant's steps share the least loaded one) and the parent talks to it over
+a socket pair with a compact framing:
 
 * to the child: ``open(step, transcode, source track)``, ``track(step, id, Track)`` (once per new
   input ``Track`` object), ``frame(step, track id, pts, dts, time base, key, data)``,
@@ -17,21 +17,24 @@ socket pair with a compact framing:
 
 Headers are ``struct``-packed and payloads are the frames' own bytes (``sendmsg`` scatter, no
 copy); only ``Track``/``Transcode`` descriptions are pickled, and only when they change, so the
-per-frame cost on the event loop is a header pack/unpack and one ``Frame``. The parent reads
-with ``loop.add_reader`` (no thread: a reader thread would bring the GIL hand-off back), writes
-without blocking (what the kernel does not take waits for ``add_writer``) and works only on its
-loop thread. A child processes its messages one by one in arrival order: PyAV's codecs use one
-thread each, and K processes already use every core.
+per-frame cost on the event loop is a header pack/unpack and one ``Frame`` (a few us). The
+parent reads with ``loop.add_reader``, not a reader thread: with the loop 80% busy, a thread that
+must win the GIL back to post each result measured ~200 ms median delay, ``add_reader`` ~2 ms. It
+writes without blocking (what the kernel does not take waits for ``add_writer``) and works only
+on its loop thread. A child codes its messages one by one in arrival order: K processes already
+use every core, and a thread per step in the child measured worse video latency (better audio).
 
 Children are started with the ``spawn`` method (never ``fork`` a process running an event loop
-and threads). A child that dies fails its steps (their tracks stop, as a failing thread step
-does) and is replaced for new steps; the gateway keeps running.
+and threads); as with any ``spawn``, a program that embeds the gateway needs the usual
+``if __name__ == "__main__":`` guard. A child that dies fails its steps (their tracks stop, as a
+failing thread step does) and is replaced for new steps; the gateway keeps running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -51,7 +54,7 @@ from .. import planner
 from ..media import Frame, Track
 from .step import COUNTERS
 
-__all__ = ["Pool", "PoolStep", "get_pool", "shutdown"]
+__all__ = ["Pool", "PoolStep", "default_processes", "get_pool", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -131,18 +134,16 @@ class _Forward(logging.Handler):
         self._send = send
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
+        with contextlib.suppress(Exception):  # logging must never break a step
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
             payload = pickle.dumps((record.levelno, record.name, text), protocol=5)
             self._send(_header(LOG, 0, len(payload)) + payload)
-        except Exception:  # noqa: BLE001 - logging must never break a step
-            pass
 
 
 class _ChildStep:
-    __slots__ = ("step", "name", "tracks", "tb_key", "tb", "out_ids", "next_out")
+    __slots__ = ("name", "next_out", "out_ids", "step", "tb", "tb_key", "tracks")
 
     def __init__(self, step: Any, name: str) -> None:
         self.step = step
@@ -167,7 +168,8 @@ def _child_main(sock: socket.socket, log_level: int) -> None:
     root.handlers[:] = [_Forward(send)]
     root.setLevel(log_level)
     try:
-        from .factory import make_step  # PyAV: imported here, never in the gateway process
+        # PyAV: imported here, never in the gateway process
+        from .factory import make_step
     except Exception:
         logging.getLogger(__name__).exception("transcode process cannot import its codecs")
         return
@@ -197,10 +199,8 @@ def _child_main(sock: socket.socket, log_level: int) -> None:
         pass  # the gateway went away
     finally:
         for st in steps.values():
-            try:
+            with contextlib.suppress(Exception):  # exiting anyway
                 st.step.close()
-            except Exception:  # noqa: BLE001 - exiting anyway
-                pass
 
 
 def _child_handle(kind: int, sid: int, buf: bytes, start: int, end: int,
@@ -497,7 +497,7 @@ class _Child:
         for kind, sid, start, end in msgs:
             try:
                 self._dispatch(kind, sid, buf, start, end, now)
-            except Exception:  # noqa: BLE001 - one bad message must not stall the others
+            except Exception:
                 log.exception("transcode process %d: bad message %r", self.index, kind)
 
     def _dispatch(self, kind: int, sid: int, buf: bytes, start: int, end: int,
@@ -561,12 +561,10 @@ class _Child:
 
     def _detach(self) -> None:
         self.alive = False
-        try:
+        with contextlib.suppress(Exception):  # the loop may be closed at interpreter exit
             self.loop.remove_reader(self._fd)
             if self._wbuf:
                 self.loop.remove_writer(self._fd)
-        except Exception:  # noqa: BLE001 - the loop may be closed at interpreter exit
-            pass
         self._wbuf.clear()
         self.sock.close()
 

@@ -209,7 +209,7 @@ class Variant(Stream):
             try:
                 return pool.get_pool(_processes).open(name, tp, track, self._deliver, limit,
                                                       group=self)
-            except Exception:  # noqa: BLE001 - a transcode in a thread beats no transcode
+            except Exception:  # a transcode in a thread beats no transcode
                 log.exception("%s: cannot use the transcode pool; using a thread", name)
         return Worker(name, tp, track, self._factory, self._deliver, self._loop)
 
