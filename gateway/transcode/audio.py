@@ -35,7 +35,7 @@ from av.audio.resampler import AudioResampler
 
 from ..codecs.aac import AacError, build_asc
 from ..media import Frame, Track
-from .step import COUNTERS
+from .step import COUNTERS, FFMPEG_ERRORS, CodecStep
 
 __all__ = ["DECODERS", "ENCODERS", "MAX_FILL", "AudioTranscoder"]
 
@@ -50,7 +50,7 @@ _ENCODER_DELAY: Final[dict[str, int]] = {"aac": 1024, "mp2": 481}
 #: Largest forward timestamp gap bridged with silence; beyond it the timeline is re-anchored.
 MAX_FILL: Final[Fraction] = Fraction(1)
 _SAMPLE_FORMATS: Final[tuple[str, ...]] = ("fltp", "flt", "s16p", "s16")
-_FFMPEG_ERRORS: Final = (av.FFmpegError, ValueError)
+_FFMPEG_ERRORS: Final = FFMPEG_ERRORS
 
 
 _LAYOUTS: Final[dict[int, str]] = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1",
@@ -88,7 +88,7 @@ def _opus_head_without_preskip(head: bytes) -> bytes:
     return head
 
 
-class AudioTranscoder:
+class AudioTranscoder(CodecStep):
     """One audio track: ``aac``/``opus``/``mp2`` in, ``aac``/``opus``/``mp2`` out (see module doc).
 
     ``track`` is the output ``Track`` (the same object for every output frame until a
@@ -96,6 +96,8 @@ class AudioTranscoder:
     skipped), ``dropped`` input frames discarded as duplicates, ``filled`` samples of silence
     inserted for timestamp gaps.
     """
+
+    log = log  # the module's logger, for CodecStep's rate-limited errors
 
     def __init__(self, source: Track, to_codec: str, *, sample_rate: int = 0, channels: int = 0,
                  bitrate: int = 0, options: Mapping[str, str] | None = None) -> None:
@@ -231,16 +233,6 @@ class AudioTranscoder:
         packet.time_base = tb
         return self._decode_packet(packet)
 
-    def _decode_packet(self, packet: av.Packet | None) -> list[AudioFrame]:
-        assert self._dec is not None
-        try:
-            frames: list[AudioFrame] = self._dec.decode(packet)  # type: ignore[assignment]
-        except _FFMPEG_ERRORS as e:
-            self._error("%s decode error: %s", self._dec.name, e)
-            return []
-        if frames:
-            COUNTERS.add(frames_decoded=len(frames))
-        return frames
 
     # -- timeline and resampling -------------------------------------------------------------
 
@@ -400,8 +392,3 @@ class AudioTranscoder:
         self._end_r = None
         self._seg_r, self._seg_pts = [], []
 
-    def _error(self, msg: str, *args: object) -> None:
-        """Count and log, rate-limited: a broken source must not flood the log."""
-        self.errors += 1
-        if self.errors <= 5 or self.errors % 100 == 0:
-            log.warning(msg + " (%d errors so far; frame skipped)", *args, self.errors)

@@ -8,9 +8,12 @@ in sync with a passed-through one.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Final, Protocol
+
+import av
 
 from ..media import Frame
 
@@ -48,3 +51,32 @@ class Counters:
 
 
 COUNTERS = Counters()
+
+
+FFMPEG_ERRORS: Final = (av.FFmpegError, ValueError)
+
+
+class CodecStep:
+    """What the PyAV steps share: a decoder ``_dec``, counted decoding, rate-limited errors."""
+
+    _dec: Any = None
+    errors = 0
+    log = logging.getLogger(__name__)
+
+    def _decode_packet(self, packet: av.Packet | None) -> list[Any]:
+        if self._dec is None:
+            return []
+        try:
+            frames: list[Any] = self._dec.decode(packet)
+        except FFMPEG_ERRORS as e:
+            self._error("%s decode error: %s", self._dec.name, e)
+            return []
+        if frames:
+            COUNTERS.add(frames_decoded=len(frames))
+        return frames
+
+    def _error(self, msg: str, *args: object) -> None:
+        """Count and log, rate-limited: a broken source must not flood the log."""
+        self.errors += 1
+        if self.errors <= 5 or self.errors % 100 == 0:
+            self.log.warning(msg + " (%d errors so far; frame skipped)", *args, self.errors)

@@ -31,7 +31,7 @@ from av.video.reformatter import VideoReformatter
 
 from ..codecs import h264
 from ..media import Frame, Track
-from .step import COUNTERS
+from .step import COUNTERS, FFMPEG_ERRORS, CodecStep
 
 __all__ = [
     "DECODERS",
@@ -54,7 +54,7 @@ MPEG1_RATES: Final[tuple[Fraction, ...]] = (
 )
 _SEQUENCE_HEADER: Final = b"\x00\x00\x01\xb3"
 _DROP_NALS: Final = frozenset({h264.NAL_SPS, h264.NAL_PPS, h264.NAL_AUD})
-_FFMPEG_ERRORS: Final = (av.FFmpegError, ValueError)
+_FFMPEG_ERRORS: Final = FFMPEG_ERRORS
 _X264_PROFILES: Final[dict[str, str]] = {
     "baseline": "baseline", "constrained-baseline": "baseline", "main": "main",
     "high": "high", "constrained-high": "high", "progressive-high": "high",
@@ -89,13 +89,15 @@ def _even(value: int) -> int:
     return max(2, value - value % 2)
 
 
-class VideoTranscoder:
+class VideoTranscoder(CodecStep):
     """One video track: ``h264``/``vp8``/``mpeg1video`` in, same set out, never B-frames.
 
     ``track`` is the output ``Track`` once the encoder is open (after the first decoded
     picture; the same object until ``flush()`` ends the segment). ``errors`` counts frames the
     codecs rejected (logged and skipped), ``skipped`` input frames before the first keyframe.
     """
+
+    log = log  # the module's logger, for CodecStep's rate-limited errors
 
     def __init__(self, source: Track, to_codec: str, *, width: int = 0, height: int = 0,
                  frame_rate: float = 0.0, bitrate: int = 0, gop: int = 0, profile: str = "",
@@ -246,17 +248,6 @@ class VideoTranscoder:
         COUNTERS.add(decoders_opened=1)
         self._dec, self._dec_track, self._dec_tb = ctx, track, time_base
 
-    def _decode_packet(self, packet: av.Packet | None) -> list[VideoFrame]:
-        if self._dec is None:
-            return []
-        try:
-            frames: list[VideoFrame] = self._dec.decode(packet)  # type: ignore[assignment]
-        except _FFMPEG_ERRORS as e:
-            self._error("%s decode error: %s", self._dec.name, e)
-            return []
-        if frames:
-            COUNTERS.add(frames_decoded=len(frames))
-        return frames
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -384,8 +375,3 @@ class VideoTranscoder:
         self._pending.clear()
         self._last_pts = None
 
-    def _error(self, msg: str, *args: object) -> None:
-        """Count and log, rate-limited: a broken source must not flood the log."""
-        self.errors += 1
-        if self.errors <= 5 or self.errors % 100 == 0:
-            log.warning(msg + " (%d errors so far; frame skipped)", *args, self.errors)
