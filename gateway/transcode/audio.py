@@ -354,14 +354,9 @@ class AudioTranscoder(CodecStep):
 
     def _encode(self, frame: AudioFrame | None) -> list[Frame]:
         assert self._enc is not None
-        try:
-            packets = self._enc.encode(frame)
-        except _FFMPEG_ERRORS as e:
-            self._error("%s encode error: %s", self._enc.name, e)
-            return []
+        packets = self._encode_packets(frame)
         if not packets:
             return []
-        COUNTERS.add(frames_encoded=len(packets))
         out: list[Frame] = []
         for packet in packets:
             p = packet.pts

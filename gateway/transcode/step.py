@@ -60,6 +60,7 @@ class CodecStep:
     """What the PyAV steps share: a decoder ``_dec``, counted decoding, rate-limited errors."""
 
     _dec: Any = None
+    _enc: Any = None
     errors = 0
     log = logging.getLogger(__name__)
 
@@ -74,6 +75,17 @@ class CodecStep:
         if frames:
             COUNTERS.add(frames_decoded=len(frames))
         return frames
+
+    def _encode_packets(self, frame: Any) -> list[av.Packet]:
+        """Encode one frame (None flushes), counting packets; errors are logged and skipped."""
+        try:
+            packets: list[av.Packet] = self._enc.encode(frame)
+        except FFMPEG_ERRORS as e:
+            self._error("%s encode error: %s", self._enc.name, e)
+            return []
+        if packets:
+            COUNTERS.add(frames_encoded=len(packets))
+        return packets
 
     def _error(self, msg: str, *args: object) -> None:
         """Count and log, rate-limited: a broken source must not flood the log."""

@@ -334,14 +334,9 @@ class VideoTranscoder(CodecStep):
             self._counter += 1
         if self._enc is None:
             return []
-        try:
-            packets = self._enc.encode(vf)
-        except _FFMPEG_ERRORS as e:
-            self._error("%s encode error: %s", self._enc.name, e)
-            return []
+        packets = self._encode_packets(vf)
         if not packets:
             return []
-        COUNTERS.add(frames_encoded=len(packets))
         out: list[Frame] = []
         pending = self._pending
         for packet in packets:
