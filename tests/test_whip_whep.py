@@ -646,6 +646,25 @@ def test_rtmp_to_whep(gateway: RunningGateway, publish, clips, clip: str, video_
     assert delta["encoders_opened"] == (1 if clip == "plain" else 2), delta  # Opus (+ H264)
 
 
+def test_video_only_whep_viewer_costs_no_audio_transcode(gateway: RunningGateway, publish, clips) -> None:  # type: ignore[no-untyped-def]
+    """A kind the viewer did not offer is dropped, not transcoded for nobody."""
+    publish(clips["plain"], "live/vo")
+    before = COUNTERS.snapshot()
+
+    async def main() -> WhepSession:
+        viewer = WhepClient(gateway.http_url("live/vo/whep"), audio=False)
+        await viewer.start()
+        got = await first_frames(viewer, ("video",), n=3, timeout=15)
+        assert got["video"]
+        session = next(s for s in sessions(gateway).values() if isinstance(s, WhepSession))
+        await viewer.close()
+        return session
+
+    session = run(main())
+    assert "h264 pass-through" in str(session.plan) and "aac -> opus" not in str(session.plan)
+    assert COUNTERS.snapshot()["encoders_opened"] == before["encoders_opened"]
+
+
 def test_whip_asks_a_publisher_that_starts_mid_gop_for_a_keyframe(
         gateway: RunningGateway, h264_clip: Clip) -> None:
     async def main() -> None:

@@ -267,6 +267,8 @@ class WhepSession(PeerSession):
                 raise SessionError(400, f"{kind} m-section is {m.direction}: a WHEP offer receives media")
         await self._wait_tracks()
         offers = {k: m.offered() for k, m in kinds.items()}
+        for kind in self.source.tracks:
+            offers.setdefault(kind, [])  # not offered: dropped, never transcoded for nobody
         target = planner.TargetSpec("webrtc", offers)
         try:
             plan = planner.plan(self.matrix, self.source.tracks, target)
