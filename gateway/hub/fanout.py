@@ -93,6 +93,7 @@ class Fanout:
     def __init__(self, name: str, framing: Framing = identity, limits: Limits | None = None) -> None:
         self.name = name
         self.framing = framing
+        self.framing_name = ""  # the owner's key for this fan-out (e.g. "http", "ws")
         self.limits = limits or Limits()
         self.viewers: list[Viewer] = []
         self.header = b""  # framed: what every viewer needs first (format header, metadata, configs)

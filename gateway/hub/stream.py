@@ -81,6 +81,10 @@ class Stream:
             sink.on_metadata(self.info.metadata)
 
     def push(self, frame: Frame) -> None:
+        """Publish one frame; a frame carrying a new ``Track`` object announces it first, so
+        producers whose configuration arrives in-band (TS, transcoders) need no bookkeeping."""
+        if self.info.tracks.get(frame.track.kind) is not frame.track:
+            self.set_track(frame.track)
         self.frames_in += 1
         n = len(frame.data)
         self.bytes_in += n

@@ -41,8 +41,6 @@ class TsIngest:
         if stream.ended:
             return
         for f in frames:
-            if stream.tracks.get(f.track.kind) is not f.track:
-                stream.set_track(f.track)
             stream.push(f)
 
 

@@ -25,7 +25,6 @@ class Output:
         self.key = key
         self.limits = limits or Limits()
         self.fanouts: dict[str, Fanout] = {}
-        self._framings: dict[str, Framing] = {}
         self._warned: set[str] = set()
 
     # -- subclass hooks ------------------------------------------------------------------
@@ -101,6 +100,7 @@ class Output:
         f = self.fanouts.get(framing_name)
         if f is None:
             f = Fanout(f"{self.stream.key} {self.format_name}/{framing_name}", framing, self.limits)
+            f.framing_name = framing_name
             f.set_header(self.header_bytes())
             self.fanouts[framing_name] = f
             self._prime(f)
@@ -128,13 +128,7 @@ class Output:
 
     def remove_viewer(self, fanout: Fanout, viewer: Viewer, reason: str = "left") -> None:
         fanout.remove(viewer, reason)
-        if not fanout.viewers and self.fanouts.get(self._name_of(fanout)) is fanout:
-            del self.fanouts[self._name_of(fanout)]
+        if not fanout.viewers and self.fanouts.get(fanout.framing_name) is fanout:
+            del self.fanouts[fanout.framing_name]
         if not self.fanouts:
             self.stream.drop_sink(self.key)
-
-    def _name_of(self, fanout: Fanout) -> str:
-        for name, f in self.fanouts.items():
-            if f is fanout:
-                return name
-        return ""

@@ -12,14 +12,12 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from ..hub.fanout import Viewer, http_chunk, ws_binary
 from ..hub.stream import HubError, Stream
 from ..ingest.mpegts import TsIngest
 from ..media import StreamInfo
 from ..outputs.jsmpeg import JsmpegOutput
 from ..protocols.mpegts import TsError
-from ..transcode.variant import media_for
-from .http import CORS, CTX, _key, _peer, _resolve, _stream
+from .http import CORS, CTX, _key, _peer, play
 
 log = logging.getLogger(__name__)
 
@@ -27,47 +25,8 @@ READ_CHUNK = 64 << 10
 
 
 async def jsmpeg(request: web.Request) -> web.StreamResponse:
-    stream = _stream(request)
-    ctx = request.app[CTX]
-    media, plan = media_for(ctx.matrix, stream, "h5")
-    websocket = request.headers.get("Upgrade", "").lower() == "websocket"
-    transport = request.transport
-    assert transport is not None
-    if websocket:
-        resp: web.StreamResponse = web.WebSocketResponse(compress=False, max_msg_size=1 << 16)
-        await resp.prepare(request)
-    else:
-        resp = web.StreamResponse(headers={**CORS, "Content-Type": "video/mp2t",
-                                           "Cache-Control": "no-cache"})
-        resp.enable_chunked_encoding()
-        resp.force_close()
-        await resp.prepare(request)
-        await resp.write(b"")
-    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def on_end(reason: str) -> None:
-        _resolve(done, reason)
-        if isinstance(resp, web.WebSocketResponse) and not resp.closed:
-            asyncio.ensure_future(resp.close(message=reason[:100].encode()))
-
-    label = f"{'ws' if websocket else 'http'}-jsmpeg {_peer(request)}"
-    viewer = Viewer(transport, label, on_end)
-    output = media.sink("jsmpeg", lambda s: JsmpegOutput(s, "jsmpeg", ctx.config.limits))
-    fanout = output.add_viewer("ws" if websocket else "http", ws_binary if websocket else http_chunk,
-                               viewer)
-    log.info("%s: playing %s (%s)", label, stream.key, plan)
-    try:
-        if isinstance(resp, web.WebSocketResponse):
-            async for msg in resp:
-                if msg.type == WSMsgType.ERROR:
-                    break
-        else:
-            await done
-    finally:
-        output.remove_viewer(fanout, viewer)
-    if not isinstance(resp, web.WebSocketResponse) and not transport.is_closing():
-        await resp.write_eof()
-    return resp
+    """jsmpeg over WebSocket (or the same TS over chunked HTTP for TS-reading tools)."""
+    return await play(request, "h5", "jsmpeg", JsmpegOutput, "video/mp2t")
 
 
 def _publish(request: web.Request) -> tuple[Stream, TsIngest]:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
 from ..context import Context
-from ..hub.fanout import Viewer, http_chunk, ws_binary
+from ..hub.fanout import Limits, Viewer, http_chunk, ws_binary
 from ..hub.stream import HubError, Stream
 from ..transcode.variant import Variant, media_for
+from ..outputs.base import Output
 from ..outputs.flv import FlvOutput
 from ..static import asset_candidates, find_asset
 
@@ -53,66 +55,68 @@ def _peer(request: web.Request) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else "?"
 
 
-async def flv(request: web.Request) -> web.StreamResponse:
+async def play(request: web.Request, target: str, sink_key: str,
+               make_output: Callable[[Stream, object, Limits], Output],
+               content_type: str) -> web.StreamResponse:
+    """One HTTP (chunked) or WebSocket viewer of the output ``sink_key`` for ``target``.
+
+    aiohttp does the handshake; the body is the shared, already framed batches written to the
+    transport by the fan-out. The handler just waits for the end.
+    """
     stream = _stream(request)
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return await _ws_flv(request, stream)
+    ctx = request.app[CTX]
+    media, plan = media_for(ctx.matrix, stream, target)
     transport = request.transport
     assert transport is not None
-    resp = web.StreamResponse(headers={**CORS, "Content-Type": "video/x-flv",
-                                       "Cache-Control": "no-cache"})
-    resp.enable_chunked_encoding()
-    resp.force_close()
-    await resp.prepare(request)
-    await resp.write(b"")  # puts the status line and headers on the wire before raw body bytes
+    resp: web.StreamResponse
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        resp = web.WebSocketResponse(compress=False, max_msg_size=1 << 16)
+        await resp.prepare(request)
+    else:
+        resp = web.StreamResponse(headers={**CORS, "Content-Type": content_type,
+                                           "Cache-Control": "no-cache"})
+        resp.enable_chunked_encoding()
+        resp.force_close()
+        await resp.prepare(request)
+        await resp.write(b"")  # puts the status line and headers on the wire before raw body bytes
+    ws = resp if isinstance(resp, web.WebSocketResponse) else None
     done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    viewer = Viewer(transport, f"http-flv {_peer(request)}", lambda r: _resolve(done, r))
-    media, _ = media_for(request.app[CTX].matrix, stream, "rtmp")
-    output = media.sink("flv", lambda s: FlvOutput(s, "flv", request.app[CTX].config.limits))
-    fanout = output.add_viewer("http", http_chunk, viewer)
-    log.info("http-flv %s: playing %s", _peer(request), stream.key)
+
+    def on_end(reason: str) -> None:
+        if not done.done():
+            done.set_result(reason)
+        if ws is not None and not ws.closed:
+            asyncio.ensure_future(ws.close(message=reason[:100].encode()))
+
+    label = f"{'ws' if ws is not None else 'http'}-{sink_key} {_peer(request)}"
+    viewer = Viewer(transport, label, on_end)
+    output = media.sink(sink_key, lambda s: make_output(s, sink_key, ctx.config.limits))
+    if ws is not None:
+        fanout = output.add_viewer("ws", ws_binary, viewer)
+    else:
+        fanout = output.add_viewer("http", http_chunk, viewer)
+    log.info("%s: playing %s (%s)", label, stream.key, plan)
     reason = "left"
     try:
-        reason = await done
+        if ws is not None:
+            async for msg in ws:  # only control traffic is expected; this notices the close
+                if msg.type == WSMsgType.ERROR:
+                    break
+        else:
+            reason = await done
     finally:
         output.remove_viewer(fanout, viewer)
-    if not transport.is_closing():
+    if ws is None and not transport.is_closing():
         if reason.startswith(("write buffer", "behind")):
-            transport.abort()
+            transport.abort()  # a stalled viewer gets no orderly end it would never read
         else:
             await resp.write_eof()
     return resp
 
 
-async def _ws_flv(request: web.Request, stream: Stream) -> web.StreamResponse:
-    ws = web.WebSocketResponse(compress=False, max_msg_size=1 << 16)
-    await ws.prepare(request)
-    transport = request.transport
-    assert transport is not None
-    ended: list[str] = []
-
-    def on_end(reason: str) -> None:
-        ended.append(reason)
-        if not ws.closed:
-            asyncio.ensure_future(ws.close(message=reason[:100].encode()))
-
-    viewer = Viewer(transport, f"ws-flv {_peer(request)}", on_end)
-    media, _ = media_for(request.app[CTX].matrix, stream, "rtmp")
-    output = media.sink("flv", lambda s: FlvOutput(s, "flv", request.app[CTX].config.limits))
-    fanout = output.add_viewer("ws", ws_binary, viewer)
-    log.info("ws-flv %s: playing %s", _peer(request), stream.key)
-    try:
-        async for msg in ws:  # only control traffic is expected; this notices the close
-            if msg.type == WSMsgType.ERROR:
-                break
-    finally:
-        output.remove_viewer(fanout, viewer)
-    return ws
-
-
-def _resolve(fut: asyncio.Future[str], reason: str) -> None:
-    if not fut.done():
-        fut.set_result(reason)
+async def flv(request: web.Request) -> web.StreamResponse:
+    """HTTP-FLV, or WS-FLV on a WebSocket upgrade of the same path."""
+    return await play(request, "rtmp", "flv", FlvOutput, "video/x-flv")
 
 
 def _outputs(stream: Stream) -> dict[str, object]:

@@ -17,6 +17,7 @@ get a 4xx with the reason as text, never a 500.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -73,39 +74,42 @@ def _created(request: web.Request, session: PeerSession, answer: str) -> web.Res
                                  "Accept-Patch": SDPFRAG})
 
 
-async def whip_post(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
+async def _negotiate(request: web.Request, role: str, make: Callable[[], Awaitable[tuple[PeerSession, sdp.Offer]]]) -> web.Response:
+    """The shared WHIP/WHEP POST: build the session, answer the offer, 201 or a 4xx with reason."""
     try:
-        key = _key(request)
-        offer = await _offer(request)
-        session = WhipSession(request.app[SETTINGS], ctx.hub, ctx.matrix, key, _peer(request))
+        session, offer = await make()
         try:
             answer = await session.start(offer)
         except BaseException:
             await session.close("negotiation failed")
             raise
     except SessionError as e:
-        log.info("whip %s %s: %d %s", _peer(request), request.path, e.status, e)
+        log.info("%s %s %s: %d %s", role, _peer(request), request.path, e.status, e)
         return _error(e.status, str(e))
-    log.info("whip %s: publishing %s (session %s)", _peer(request), key, session.id)
+    log.info("%s %s: %s (session %s)", role, _peer(request), request.path, session.id)
     return _created(request, session, answer)
+
+
+async def whip_post(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+
+    async def make() -> tuple[WhipSession, sdp.Offer]:
+        key = _key(request)
+        offer = await _offer(request)
+        return WhipSession(request.app[SETTINGS], ctx.hub, ctx.matrix, key, _peer(request)), offer
+
+    return await _negotiate(request, "whip", make)
 
 
 async def whep_post(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    try:
+
+    async def make() -> tuple[WhepSession, sdp.Offer]:
         offer = await _offer(request)
         stream = _stream(request)  # 404 for an unknown stream
-        session = WhepSession(request.app[SETTINGS], ctx.matrix, stream, _peer(request))
-        try:
-            answer = await session.start(offer)
-        except BaseException:
-            await session.close("negotiation failed")
-            raise
-    except SessionError as e:
-        log.info("whep %s %s: %d %s", _peer(request), request.path, e.status, e)
-        return _error(e.status, str(e))
-    return _created(request, session, answer)
+        return WhepSession(request.app[SETTINGS], ctx.matrix, stream, _peer(request)), offer
+
+    return await _negotiate(request, "whep", make)
 
 
 def _session(request: web.Request, role: str) -> PeerSession:

@@ -52,7 +52,7 @@ from typing import Any
 
 from .. import planner
 from ..media import Frame, Track
-from .step import COUNTERS
+from .step import COUNTERS, Admission
 
 __all__ = ["Pool", "PoolStep", "default_processes", "get_pool", "shutdown"]
 
@@ -287,7 +287,6 @@ class PoolStep:
         self.transcode = t
         self.source = source
         self.kind = t.kind
-        self.dropped = 0
         self.frames_in = 0
         self.frames_out = 0
         # recent arrival -> outputs-back times per input frame, in ms (pipe + queue + coding)
@@ -295,9 +294,8 @@ class PoolStep:
         self.failed: str | None = None
         self.on_failed: Callable[[str], None] | None = None
         self._deliver = deliver
-        self._limit = limit
+        self._admission = Admission(name, t.kind, limit, log)
         self._child = child
-        self._need_key = t.kind == "video"
         self._stopped = False
         self._arrivals: collections.deque[float] = collections.deque()  # in flight, FIFO
         self._sent_track: Track | None = source
@@ -308,23 +306,17 @@ class PoolStep:
         self._done = threading.Event()
 
     @property
+    def dropped(self) -> int:
+        return self._admission.dropped
+
+    @property
     def in_flight(self) -> int:
         return len(self._arrivals)
 
     def submit(self, frame: Frame) -> None:
         if self._stopped or self.failed is not None:
             return
-        if self._need_key:
-            if not frame.keyframe:
-                return  # the decoder can only (re)start at a keyframe
-            self._need_key = False
-        if len(self._arrivals) >= self._limit:
-            self.dropped += 1
-            if self.kind == "video":
-                self._need_key = True
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("%s: transcoder cannot keep up (%d input frames dropped so far)",
-                            self.name, self.dropped)
+        if not self._admission.admit(frame, len(self._arrivals)):
             return
         self._arrivals.append(time.perf_counter())
         self.frames_in += 1

@@ -53,6 +53,36 @@ class Counters:
 COUNTERS = Counters()
 
 
+class Admission:
+    """Which frames enter a transcoder's bounded queue, for thread and process workers alike.
+
+    Video (re)starts only at a keyframe, since a decoder cannot start elsewhere; a full queue
+    drops the frame (video then waits for the next keyframe) and says so, instead of growing.
+    """
+
+    def __init__(self, name: str, kind: str, limit: int, log: logging.Logger) -> None:
+        self.name = name
+        self.log = log
+        self.limit = limit
+        self.video = kind == "video"
+        self.need_key = self.video
+        self.dropped = 0
+
+    def admit(self, frame: Frame, queued: int) -> bool:
+        if self.need_key:
+            if not frame.keyframe:
+                return False
+            self.need_key = False
+        if queued < self.limit:
+            return True
+        self.dropped += 1
+        self.need_key = self.video
+        if self.dropped == 1 or self.dropped % 100 == 0:
+            self.log.warning("%s: transcoder cannot keep up (%d input frames dropped so far)",
+                             self.name, self.dropped)
+        return False
+
+
 FFMPEG_ERRORS: Final = (av.FFmpegError, ValueError)
 
 

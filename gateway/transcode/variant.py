@@ -25,7 +25,7 @@ from .. import planner
 from ..hub.stream import Stream
 from ..media import Frame, StreamInfo, Track
 from . import pool
-from .step import Step
+from .step import Admission, Step
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ class Worker:
         self._factory = factory
         self._deliver = deliver
         self._loop = loop
-        self._q: queue.Queue[tuple[Frame, float] | None] = queue.Queue(QUEUE_FRAMES.get(t.kind, 100))
-        self._need_key = t.kind == "video"
-        self.dropped = 0
+        limit = QUEUE_FRAMES.get(t.kind, 100)
+        self._q: queue.Queue[tuple[Frame, float] | None] = queue.Queue(limit)
+        self._admission = Admission(name, t.kind, limit, log)
         self.frames_in = 0
         self.frames_out = 0
         # recent arrival -> output-ready times per input frame, in ms (queue wait + coding)
@@ -89,21 +89,15 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=f"transcode {name}", daemon=True)
         self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        return self._admission.dropped
+
     def submit(self, frame: Frame) -> None:
-        if self._need_key:
-            if not frame.keyframe:
-                return  # the decoder can only (re)start at a keyframe
-            self._need_key = False
-        try:
+        # only this thread puts, the worker only takes: an admitted frame always fits
+        if self._admission.admit(frame, self._q.qsize()):
             self._q.put_nowait((frame, time.perf_counter()))
             self.frames_in += 1
-        except queue.Full:
-            self.dropped += 1
-            if self.kind == "video":
-                self._need_key = True
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("%s: transcoder cannot keep up (%d input frames dropped so far)",
-                            self.name, self.dropped)
 
     def stop(self) -> None:
         try:
@@ -239,8 +233,6 @@ class Variant(Stream):
         if self.closed:
             return
         for f in frames:
-            if self.tracks.get(f.track.kind) is not f.track:
-                self.set_track(f.track)
             self.push(f)
 
     # -- lifecycle ---------------------------------------------------------------------------

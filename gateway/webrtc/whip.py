@@ -360,8 +360,6 @@ class WhipSession(PeerSession):
             if time.monotonic() - (self.connected_at or self.created) < self.settings.track_wait:
                 self.dropped["audio"] += 1
                 return
-        if "audio" not in self.stream.tracks:
-            self.stream.set_track(self.audio)
         pts = self._pts("audio", seconds, AUDIO_TB)
         self.frames["audio"] += 1
         self.stream.push(Frame(self.audio, f.data, pts, pts, AUDIO_TB, True))
