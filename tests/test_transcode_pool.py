@@ -359,3 +359,66 @@ def test_variant_runs_steps_where_configured(media, processes: int) -> None:
             variant_mod.configure(processes=-1)
 
     _run(main)
+
+
+def test_audio_overtakes_queued_video_of_other_steps(media) -> None:
+    """In a process, audio frames are coded before the video frames already waiting there."""
+    vt, vframes = media["video"]
+    at, aframes = media["audio"]
+
+    async def main() -> None:
+        p = pool_mod.get_pool(1)
+        done: list[str] = []
+        v = p.open("v", _transcode(media, "video"), vt, lambda fs: done.append("video"), 200)
+        a = p.open("a", _transcode(media, "audio"), at, lambda fs: done.append("audio"), 200)
+        await _until(lambda: v.frames_in == 0 and v.in_flight == 0)
+        v.submit(vframes[0])
+        await _until(lambda: len(v.latency_ms) == 1)  # the process is up, the step open
+        for f in vframes[1:60]:  # a backlog of a couple hundred ms of coding
+            v.submit(f)
+        await asyncio.sleep(0.02)
+        for f in aframes[:10]:
+            a.submit(f)
+        await _until(lambda: v.frames_in == len(v.latency_ms) and a.frames_in == len(a.latency_ms))
+        # audio waited for at most the video frame being coded, not for the whole backlog
+        assert max(a.latency_ms) < max(v.latency_ms) / 3, (list(a.latency_ms), max(v.latency_ms))
+        last_audio = max(i for i, k in enumerate(done) if k == "audio")
+        assert last_audio < len(done) - 10, done  # most video came back after all the audio
+        v.stop()
+        a.stop()
+
+    _run(main)
+
+
+def test_variant_starting_on_a_backlog_keeps_audio_from_the_keyframe(media) -> None:
+    """Audio coded ahead of the video backlog is held until the first video keyframe, then
+    released from that keyframe's time on: a viewer's first second is not silent."""
+    vt, vframes = media["video"]
+    at, aframes = media["audio"]
+
+    async def main() -> None:
+        source = Stream("live/backlog", StreamInfo("rtmp"), "test")
+        source.set_track(vt)
+        source.set_track(at)
+        merged = sorted(vframes[:45] + aframes[:65], key=lambda f: f.dts * f.time_base)
+        for f in merged:
+            source.push(f)  # in the GOP cache before any viewer
+        plan = _plan(media)
+        key = ("variant", plan.variant_key())
+        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key))
+        viewer = var.sink("viewer", lambda s: _Collect())
+        backlog = sum(f.track.kind == "video" for f in source.gop)
+        assert backlog >= 10 and source.gop[0].keyframe
+        # all but the few pictures the H.264 decoder holds back to reorder B-frames
+        await _until(lambda: var.stats()["video"]["out"] >= backlog - 4)  # type: ignore[index]
+        await asyncio.sleep(0.3)
+        got = viewer.frames
+        assert got[0].track.kind == "video" and got[0].keyframe
+        start = got[0].pts * got[0].time_base
+        audio = [f for f in got if f.track.kind == "audio"]
+        assert audio, "no audio reached the viewer"
+        assert all(f.pts * f.time_base >= start for f in audio)
+        assert float(audio[0].pts * audio[0].time_base - start) < 0.1  # audio from the start on
+        var.drop_sink("viewer")
+
+    _run(main)

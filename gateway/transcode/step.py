@@ -8,8 +8,11 @@ in sync with a passed-through one.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -81,6 +84,63 @@ class Admission:
             self.log.warning("%s: transcoder cannot keep up (%d input frames dropped so far)",
                              self.name, self.dropped)
         return False
+
+
+def _latency_edges() -> tuple[float, ...]:
+    """Bucket upper bounds: 1 ms up to 100 ms (the targets are tens of ms), coarser beyond."""
+    return (*range(1, 101), *range(110, 1001, 10), *range(1100, 10001, 100))
+
+
+class Latency:
+    """Arrival -> output-ready times of one step, in ms.
+
+    Two views: the last ``recent`` samples (``p50``/``p99`` of what happens now) and a
+    cumulative histogram that never forgets, so that a reader can take two snapshots and get
+    the percentiles of exactly the frames in between (a benchmark's window, without the start).
+    """
+
+    EDGES: Final[tuple[float, ...]] = _latency_edges()
+
+    def __init__(self, recent: int = 2000) -> None:
+        self.recent: collections.deque[float] = collections.deque(maxlen=recent)
+        self.counts = [0] * (len(self.EDGES) + 1)  # the last bucket: beyond the last edge
+
+    def add(self, ms: float) -> None:
+        self.recent.append(ms)
+        self.counts[bisect.bisect_left(self.EDGES, ms)] += 1
+
+    def __len__(self) -> int:
+        return len(self.recent)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.recent)
+
+    def percentile(self, q: float) -> float | None:
+        """Of the recent samples."""
+        lat = sorted(self.recent)
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
+
+    def histogram(self) -> dict[str, int]:
+        """Sparse cumulative histogram: bucket upper bound in ms ("inf" last) -> count."""
+        edges = self.EDGES
+        return {(str(edges[i]) if i < len(edges) else "inf"): n
+                for i, n in enumerate(self.counts) if n}
+
+
+def histogram_percentile(hist: dict[str, int], q: float) -> float | None:
+    """Percentile of a (difference of) ``Latency.histogram()``: the bucket's upper bound, so
+    never optimistic; ``inf`` when it falls beyond the last bucket."""
+    items = sorted(((float(k), n) for k, n in hist.items() if n > 0), key=lambda kv: kv[0])
+    total = sum(n for _, n in items)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for edge, n in items:
+        seen += n
+        if seen >= rank:
+            return edge
+    return items[-1][0]
 
 
 FFMPEG_ERRORS: Final = (av.FFmpegError, ValueError)

@@ -25,12 +25,13 @@ from .. import planner
 from ..hub.stream import Stream
 from ..media import Frame, StreamInfo, Track
 from . import pool
-from .step import Admission, Step
+from .step import Admission, Latency, Step
 
 log = logging.getLogger(__name__)
 
 StepFactory = Callable[[planner.Transcode, Track], Step]
 
+HOLD_AUDIO_FRAMES = 500  # ~10 s of audio held while the first video keyframe is coded
 QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step is behind
 
 #: Where steps run: < 0 one worker process per CPU, 0 threads in this process, N > 0 processes.
@@ -52,7 +53,7 @@ class TrackWorker(Protocol):
     frames_in: int
     frames_out: int
     dropped: int
-    latency_ms: collections.deque[float]
+    latency_ms: Latency
 
     def submit(self, frame: Frame) -> None: ...
 
@@ -85,7 +86,7 @@ class Worker:
         self.frames_in = 0
         self.frames_out = 0
         # recent arrival -> output-ready times per input frame, in ms (queue wait + coding)
-        self.latency_ms: collections.deque[float] = collections.deque(maxlen=2000)
+        self.latency_ms = Latency()
         self._thread = threading.Thread(target=self._run, name=f"transcode {name}", daemon=True)
         self._thread.start()
 
@@ -127,7 +128,7 @@ class Worker:
                 except Exception:
                     log.exception("%s: transcode step failed on a frame; skipped", self.name)
                     continue
-                self.latency_ms.append((time.perf_counter() - arrived) * 1000)
+                self.latency_ms.add((time.perf_counter() - arrived) * 1000)
                 if out:
                     self.frames_out += len(out)
                     self._post(out)
@@ -164,6 +165,11 @@ class Variant(Stream):
         self.closed = False
         for track in source.tracks.values():
             self._track_in(track)
+        # audio waits for the first transcoded video keyframe: until then a viewer could not use
+        # it (viewers start at a video keyframe), and audio coded ahead of a video backlog would
+        # otherwise be lost to every viewer; bounded, oldest dropped
+        self._held: collections.deque[Frame] | None = (
+            collections.deque(maxlen=HOLD_AUDIO_FRAMES) if "video" in self.workers else None)
         for frame in source.gop:
             self.on_frame(frame)
         if self.workers.get("video") is not None and not source.gop:
@@ -223,7 +229,7 @@ class Variant(Stream):
             w.submit(frame)
             return
         if frame.track.kind in self.tracks and self.tracks[frame.track.kind] is frame.track:
-            self.push(frame)
+            self._out(frame)
 
     def on_end(self, reason: str) -> None:
         self._stop()
@@ -233,7 +239,23 @@ class Variant(Stream):
         if self.closed:
             return
         for f in frames:
-            self.push(f)
+            self._out(f)
+
+    def _out(self, frame: Frame) -> None:
+        held = self._held
+        if held is None:
+            self.push(frame)
+        elif frame.track.kind == "audio":
+            held.append(frame)
+        elif frame.track.kind == "video" and frame.keyframe:
+            self._held = None
+            self.push(frame)
+            start = frame.pts * frame.time_base
+            for f in held:
+                if f.pts * f.time_base >= start:
+                    self.push(f)
+        else:
+            self.push(frame)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -252,15 +274,16 @@ class Variant(Stream):
             w.stop()
 
     def stats(self) -> dict[str, object]:
-        """Per transcoded track: frames in/out/dropped and arrival->ready latency p50/p99 (ms)."""
+        """Per transcoded track: frames in/out/dropped, arrival->ready latency p50/p99 (ms) of
+        the recent frames, and the cumulative latency histogram (diff two for a window)."""
         out: dict[str, object] = {}
         for kind, w in self.workers.items():
-            lat = sorted(w.latency_ms)
-            pick = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)) if lat else None
+            lat = w.latency_ms
             out[kind] = {"step": f"{w.transcode.from_codec}->{w.transcode.to_codec}",
                          "in": w.frames_in, "out": w.frames_out, "dropped": w.dropped,
-                         "latency_ms_p50": pick(0.5) if pick else None,
-                         "latency_ms_p99": pick(0.99) if pick else None}
+                         "latency_ms_p50": lat.percentile(0.5),
+                         "latency_ms_p99": lat.percentile(0.99),
+                         "latency_hist_ms": lat.histogram()}
         return out
 
 

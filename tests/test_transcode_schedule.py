@@ -1,0 +1,51 @@
+"""The transcode child's work order and the latency statistics, without processes or codecs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from gateway.transcode import pool as pool_mod
+from gateway.transcode.step import Latency, histogram_percentile
+
+
+def _order(msgs: list[tuple[int, int, bytes]]) -> list[tuple[int, int]]:
+    work = pool_mod._Schedule()
+    for kind, sid, payload in msgs:
+        work.add(kind, sid, payload, 0, len(payload))
+    out = []
+    while work:
+        k, sid, *_ = work.take()
+        out.append((k, sid))
+    return out
+
+
+def test_audio_steps_go_first_other_work_in_arrival_order() -> None:
+    O, F, T, C = pool_mod.OPEN, pool_mod.FRAME, pool_mod.TRACK, pool_mod.CLOSE
+    audio, video = b"a...", b"-..."
+    msgs = [(O, 1, video), (O, 2, audio), (F, 1, b"x"), (O, 3, video), (F, 3, b"x"),
+            (T, 2, b"t"), (F, 2, b"x"), (F, 1, b"x"), (F, 2, b"x"), (C, 2, b"")]
+    # every message of the audio step keeps its own order, ahead of the video backlog
+    assert _order(msgs) == [(O, 2), (T, 2), (F, 2), (F, 2), (C, 2),
+                            (O, 1), (F, 1), (O, 3), (F, 3), (F, 1)]
+    # a step id is no longer audio once closed; unknown steps stay in arrival order
+    assert _order([(O, 2, audio), (C, 2, b""), (F, 1, b"x"), (F, 2, b"x")]) == [
+        (O, 2), (C, 2), (F, 1), (F, 2)]
+
+
+def test_latency_histogram_gives_window_percentiles() -> None:
+    lat = Latency(recent=10)
+    for ms in [500.0] * 50:  # a slow start ...
+        lat.add(ms)
+    before = Counter(lat.histogram())
+    for ms in [2.2] * 98 + [9.5, 31.0]:  # ... then a good window
+        lat.add(ms)
+    after = Counter(lat.histogram())
+    window = after - before
+    assert sum(window.values()) == 100
+    assert histogram_percentile(window, 0.5) == 3  # bucket upper bounds: never optimistic
+    assert histogram_percentile(window, 0.99) == 10
+    assert histogram_percentile(after, 0.99) == 500
+    assert len(lat) == 10 and lat.percentile(0.5) == 2.2  # the recent view forgets
+    lat.add(20000.0)
+    assert "inf" in lat.histogram() and histogram_percentile(lat.histogram(), 1.0) == float("inf")
+    assert histogram_percentile({}, 0.5) is None
