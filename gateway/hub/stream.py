@@ -89,7 +89,8 @@ class Stream:
         n = len(frame.data)
         self.bytes_in += n
         r = self._rate.get(frame.track.kind)
-        ms = float(frame.dts * frame.time_base * 1000)
+        tb = frame.time_base  # integer arithmetic: Fraction's is slow on this per-frame path
+        ms = frame.dts * tb.numerator * 1000 / tb.denominator
         if r is None:
             self._rate[frame.track.kind] = [ms, ms, 0.0]
         else:

@@ -117,17 +117,10 @@ def crc32_mpeg2(data: bytes) -> int:
 
 # --- timestamps -----------------------------------------------------------------------------
 
-_SCALES: dict[Fraction, tuple[int, int]] = {}
-
-
 def to_90k(value: int, time_base: Fraction) -> int:
     """``value`` in ``time_base`` as 90 kHz ticks, rounded to nearest (exact for ms and 1/90000)."""
-    scale = _SCALES.get(time_base)
-    if scale is None:
-        num = time_base.numerator * CLOCK
-        den = time_base.denominator
-        scale = _SCALES[time_base] = (num, den)
-    num, den = scale
+    num = time_base.numerator * CLOCK  # no Fraction arithmetic or hashing: a per-frame path
+    den = time_base.denominator
     if den == 1:
         return value * num
     return (2 * value * num + den) // (2 * den)

@@ -82,6 +82,7 @@ RESULT, COUNTERS_MSG, ERROR, CLOSED, LOG, READY = (b"r"[0], b"n"[0], b"e"[0], b"
 WEIGHT = {"video": 1.0, "audio": 0.1}
 _SOCKET_BUFFER = 4 << 20  # a few hundred frames in the kernel before the parent buffers
 _READ_SIZE = 1 << 20
+_IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 
 
 class _Reader:
@@ -461,6 +462,7 @@ class _Child:
         self.sock = parent
         self._fd = parent.fileno()
         self._wbuf = bytearray()
+        self._out: list[bytes] = []  # queued by _send, written by _flush
         self._rbuf = b""
         self._reader = _Reader()
         loop.add_reader(self._fd, self._on_readable)
@@ -469,16 +471,35 @@ class _Child:
     # -- writing ------------------------------------------------------------------------------
 
     def _send(self, parts: list[bytes]) -> None:
+        """Queue for this loop iteration: frames of many publishers that arrive together go
+        out in one ``sendmsg`` and wake the process once."""
         if not self.alive:
             return
         if self._wbuf:
             for p in parts:
                 self._wbuf += p
             return
+        if not self._out:
+            self.loop.call_soon(self._flush)
+        self._out += parts
+
+    def _flush(self) -> None:
+        parts, self._out = self._out, []
+        if not self.alive or not parts:
+            return
+        if self._wbuf:
+            self._wbuf += b"".join(parts)
+            return
+        sent = 0
         try:
-            sent = self.sock.sendmsg(parts)
+            for i in range(0, len(parts), _IOV_MAX):
+                chunk = parts[i:i + _IOV_MAX]
+                n = self.sock.sendmsg(chunk)
+                sent += n
+                if n < sum(len(p) for p in chunk):
+                    break
         except BlockingIOError:
-            sent = 0
+            pass
         except OSError as e:
             self._lost(f"socket error: {e}")
             return
@@ -614,6 +635,7 @@ class _Child:
             if self._wbuf:
                 self.loop.remove_writer(self._fd)
         self._wbuf.clear()
+        self._out = []
         self.sock.close()
 
     def stop(self) -> None:
