@@ -32,6 +32,9 @@ class Config:
     # Where transcode steps run: -1 one worker process per CPU, 0 threads in the gateway
     # process (GIL-bound: several times the latency under load), N that many processes.
     transcode_processes: int = -1
+    # Start the transcode processes with the gateway instead of with the first transcode: that
+    # transcode then starts ~0.3 s sooner, at ~45 MB RSS per process while none is needed.
+    transcode_prestart: bool = False
 
 
 def _apply(obj: Any, data: dict[str, Any], where: str) -> None:

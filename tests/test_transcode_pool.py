@@ -422,3 +422,20 @@ def test_variant_starting_on_a_backlog_keeps_audio_from_the_keyframe(media) -> N
         var.drop_sink("viewer")
 
     _run(main)
+
+
+def test_prestart_starts_the_processes_with_the_gateway() -> None:
+    from gateway import app
+    from gateway.config import Config
+
+    async def main() -> None:
+        gw = await app.start(Config(host="127.0.0.1", rtmp_port=0, http_port=0,
+                                    transcode_processes=1, transcode_prestart=True))
+        try:
+            procs = pool_mod.get_pool().processes
+            assert len(procs) == 1 and procs[0].is_alive()
+        finally:
+            await gw.close()
+        assert not procs[0].is_alive()
+
+    _run(main)
