@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Transcode benchmark: concurrent real-time 720p30 H264->MPEG1 (+AAC->MP2) variants per machine.
 
-Gateway side: N publishers (``ffmpeg -re -c copy`` to RTMP) and one jsmpeg WebSocket viewer per
+Gateway side: N RTMP publishers (one ``bench/rtmppub.py`` process for all of them, or
+``--publisher ffmpeg``: one ``ffmpeg -re -c copy`` each) and one jsmpeg WebSocket viewer per
 stream, so the gateway runs N shared h5 variants (``gateway/transcode/variant.py``). Per level it
 reads each variant's ``stats`` from ``/api/streams`` (out-rate, drops, arrival -> ready latency)
 and samples the gateway's CPU/RSS from /proc. FFmpeg side, same run: N concurrent
@@ -124,7 +125,7 @@ def ensure_inputs(out_dir: Path = OUT_DIR) -> dict[str, Path]:
     return paths
 
 
-def write_gateway_config(scratch: Path, video_bitrate: int) -> tuple[Path, Path]:
+def write_gateway_config(scratch: Path, video_bitrate: int, extra: str = "") -> tuple[Path, Path]:
     """Copy the shipped matrix with the MPEG-1 bitrate set to the FFmpeg reference's (2 Mbit/s).
 
     The repo's matrix stays untouched; the gateway reads the copy through ``--config``.
@@ -143,7 +144,7 @@ def write_gateway_config(scratch: Path, video_bitrate: int) -> tuple[Path, Path]
         raise RuntimeError(f"could not set the mpeg1video bitrate in {tf}")
     tf.write_text("[[transcode]]".join(blocks))
     cfg = scratch / "gateway.toml"
-    cfg.write_text(f'matrix_dir = "{matrix}"\n')
+    cfg.write_text(f'matrix_dir = "{matrix}"\n{extra}')
     return cfg, matrix
 
 
@@ -195,6 +196,8 @@ class GwLevel:
     a_p99: float | None = None
     v_p99_pooled: float | None = None  # p99 of all variants' frames in the window together
     a_p99_pooled: float | None = None
+    v_wait_p99: float | None = None  # worst variant: waiting in the worker for its turn
+    v_coding_p99: float | None = None  # worst variant: coding one frame
     v_p99_since_start: float | None = None  # worst variant, counting from its start
     a_p99_since_start: float | None = None
     cpu_pct: float | None = None
@@ -305,10 +308,16 @@ async def gateway_level(gw: Gateway, procs: ProcessGroup, clip: Path, n: int,
     softirq = kernel_threads("ksoftirqd/")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)) as session:
         try:
-            for name in names:
-                cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1",
-                       "-i", str(clip), "-c", "copy", "-f", "flv", gw.url(name, "rtmp")]  # fmt: skip
-                pubs.append(procs.start(cmd, stderr=publog))
+            if args.publisher == "ffmpeg":
+                for name in names:
+                    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop",
+                           "-1", "-i", str(clip), "-c", "copy", "-f", "flv", gw.url(name, "rtmp")]  # fmt: skip
+                    pubs.append(procs.start(cmd, stderr=publog))
+            else:  # one lean process for all N streams (bench/rtmppub.py)
+                base = gw.url(names[0], "rtmp").rsplit("/", 1)[0]
+                cmd = [sys.executable, str(Path(__file__).resolve().parent / "rtmppub.py"), "--clip", str(clip),
+                       "--url", base, "--names", ",".join(names), "--tick", str(args.pub_tick)]  # fmt: skip
+                pubs.append(procs.start(cmd, stderr=publog, stdout=subprocess.DEVNULL))
             # a viewer joins as soon as its stream has both tracks: the variant then starts with an
             # almost empty GOP cache, so its latency window is not dominated by a start-up burst
             deadline = time.monotonic() + 20
@@ -371,6 +380,7 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
     v_fps, a_fps, src_fps, v50, v99, a50, a99 = [], [], [], [], [], [], []
     pooled: dict[str, Counter[str]] = {"video": Counter(), "audio": Counter()}
     since_start: dict[str, list[float]] = {"video": [], "audio": []}
+    split: dict[str, dict[str, list[float]]] = {k: {"wait": [], "coding": []} for k in ("video", "audio")}
     drops = 0
     for name in names:
         a, b = variant_of(s0.get(name, {})), variant_of(s1.get(name, {}))
@@ -398,8 +408,15 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
             pooled[kind].update(win)
             w50, w99 = histogram_percentile(win, 0.5), histogram_percentile(win, 0.99)
             start99 = histogram_percentile(h1, 0.99)
+            parts = {}
+            for part in ("wait", "coding"):
+                ph = Counter(x1.get(f"{part}_hist_ms") or {}) - Counter(x0.get(f"{part}_hist_ms") or {})
+                parts[part] = histogram_percentile(ph, 0.99)
+                if parts[part] is not None:
+                    split[kind][part].append(parts[part])
             rec[kind] = {"out_fps": round(out, 2), "src_fps": round(src, 2), "new_dropped": d,
                          "p50": w50, "p99": w99, "p99_since_start": start99,
+                         "wait_p99": parts["wait"], "coding_p99": parts["coding"],
                          "recent_p50": x1["latency_ms_p50"], "recent_p99": x1["latency_ms_p99"],
                          "dropped_total": x1["dropped"]}  # fmt: skip
             (v_fps if kind == "video" else a_fps).append(out)
@@ -424,6 +441,8 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
     row.a_p99 = round(max(a99), 1) if a99 else None
     row.v_p99_pooled = histogram_percentile(pooled["video"], 0.99)
     row.a_p99_pooled = histogram_percentile(pooled["audio"], 0.99)
+    row.v_wait_p99 = max(split["video"]["wait"], default=None)
+    row.v_coding_p99 = max(split["video"]["coding"], default=None)
     row.v_p99_since_start = max(since_start["video"], default=None)
     row.a_p99_since_start = max(since_start["audio"], default=None)
     kbps = [r["viewer_kbps"] for r in row.variants]
@@ -456,7 +475,7 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
 async def run_gateway_ladder(procs: ProcessGroup, scratch: Path, clip: Path, args: argparse.Namespace,
                              rows: list[GwLevel]) -> None:
     """One gateway process for all levels; stop after the first failing level."""
-    cfg, _ = write_gateway_config(scratch, args.video_bitrate)
+    cfg, _ = write_gateway_config(scratch, args.video_bitrate, "".join(f"{line}\n" for line in args.gateway_set))
     gw = Gateway(procs, scratch, cfg, args.gateway_cpus)
     gw.start()
     say(f"== gateway pid {gw.proc.pid if gw.proc else '?'}"
@@ -694,7 +713,7 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
           f"{os.cpu_count()} CPUs ({cpu_model}); warm-up {args.warmup:g}s, window {args.duration:g}s; "
           f"gateway {'on CPUs ' + args.gateway_cpus if args.gateway_cpus else 'on all CPUs'}")  # fmt: skip
     hdr = ("N", "gateway", "v fps min", "a pkt/s min", "drops", "lat v p50/p99 ms", "lat a p50/p99 ms",
-           "p99 from start v/a", "gw CPU%", "CPU/variant%", "RSS MB", "pubs CPU%", "other%", "|", "ffmpeg", "speed min",
+           "v wait/coding p99", "p99 from start v/a", "gw CPU%", "CPU/variant%", "RSS MB", "pubs CPU%", "other%", "|", "ffmpeg", "speed min",
            "ff CPU%", "CPU/transcode%", "other%")  # fmt: skip
     g = {r.n: r for r in gw_rows}
     f = {r.n: r for r in ff_rows}
@@ -707,6 +726,7 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
             fmt(a and a.new_drops),
             f"{fmt(a and a.v_p50, '.1f')}/{fmt(a and a.v_p99, '.1f')}" if a else "-",
             f"{fmt(a and a.a_p50, '.1f')}/{fmt(a and a.a_p99, '.1f')}" if a else "-",
+            f"{fmt(a and a.v_wait_p99, '.0f')}/{fmt(a and a.v_coding_p99, '.0f')}" if a else "-",
             f"{fmt(a and a.v_p99_since_start, '.0f')}/{fmt(a and a.a_p99_since_start, '.0f')}" if a else "-",
             fmt(a and a.cpu_pct, ".0f"), fmt(a and a.cpu_per_variant, ".1f"), fmt(a and a.rss_mb, ".0f"),
             fmt(a and a.pubs_pct, ".0f"), fmt(a and a.other_pct, ".0f"), "|",
@@ -720,7 +740,9 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
             print("  ".join("-" * w for w in widths))
     print("latency: arrival -> transcoded frame ready, of the frames coded in the window (cumulative\n"
           "histograms diffed; 1 ms buckets, upper bound reported): p50 = median over variants,\n"
-          "p99 = worst variant; 'p99 from start' counts from each variant's start (incl. the transcode\n"
+          "p99 = worst variant; 'v wait/coding': of the video latency, p99 of the time a frame waited\n"
+          "in its worker process for its turn, and of coding it (the rest is sockets + event loop);\n"
+          "'p99 from start' counts from each variant's start (incl. the transcode\n"
           "processes starting for the first variant). FFmpeg CLI added latency: n/a (not observable\n"
           "from outside the process)")
     notes = [f"  gateway N={r.n}: " + " | ".join(r.notes) for r in gw_rows if r.notes]
@@ -786,6 +808,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=5.0, help="s after the last viewer joined")
     p.add_argument("--duration", type=float, default=15.0, help="measurement window per level, s")
     p.add_argument("--pause", type=float, default=1.0, help="s between levels")
+    p.add_argument("--pub-tick", type=float, default=10.0,
+                   help="rtmppub's pacing tick in ms (ffmpeg -re sleeps 10 ms); frames are at most this late")
+    p.add_argument("--gateway-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra line for the gateway's TOML config, e.g. 'transcode_processes = 4' (repeatable)")
+    p.add_argument("--publisher", choices=("rtmppub", "ffmpeg"), default="rtmppub",
+                   help="gateway side's RTMP publishers: one bench/rtmppub.py process for all streams, "
+                        "or one `ffmpeg -re -c copy` per stream (~1%% of a core each)")
     p.add_argument("--sides", default="gateway,ffmpeg", help="gateway, ffmpeg, audio (comma separated)")
     p.add_argument("--no-audio", action="store_true", help="skip the in-process audio/video step figures")
     p.add_argument("--gateway-cpus", default=None, help="taskset CPU list for the gateway, e.g. 0 or 0,1")

@@ -67,7 +67,7 @@ _HDR = struct.Struct("<IBI")
 _FRAME = struct.Struct("<IqqqqB")  # track id, pts, dts, time base num/den, keyframe; then data
 _FRAME_MSG = struct.Struct("<IBIIqqqqB")  # header + _FRAME in one pack, on the parent's hot path
 _OUT = struct.Struct("<IqqqqBI")  # same plus the data length (several frames per result)
-_COUNT = struct.Struct("<H")
+_RESULT_HEAD = struct.Struct("<HII")  # frames, then us waiting in the process and coding
 _TRACK_ID = struct.Struct("<I")
 _COUNTERS = struct.Struct("<qqqq")
 _AUDIO, _OTHER = b"a"[0], b"-"[0]  # first byte of an open message: the step's kind
@@ -158,7 +158,7 @@ class _ChildStep:
         self.next_out = 0
 
 
-_Msg = tuple[int, int, bytes, int, int]  # type, step id, buffer, payload start, end
+_Msg = tuple[int, int, bytes, int, int, float]  # type, step, buffer, payload start, end, received
 
 
 class _Schedule:
@@ -179,15 +179,16 @@ class _Schedule:
     def __bool__(self) -> bool:
         return bool(self.fast or self.fifo)
 
-    def add(self, kind: int, sid: int, buf: bytes, start: int, end: int) -> None:
+    def add(self, kind: int, sid: int, buf: bytes, start: int, end: int,
+            received: float = 0.0) -> None:
         if kind == OPEN and end > start and buf[start] == _AUDIO:
             self._audio.add(sid)
         if sid in self._audio:
-            self.fast.append((kind, sid, buf, start, end))
+            self.fast.append((kind, sid, buf, start, end, received))
             if kind == CLOSE:
                 self._audio.discard(sid)
         else:
-            self.fifo.append((kind, sid, buf, start, end))
+            self.fifo.append((kind, sid, buf, start, end, received))
 
     def take(self) -> _Msg:
         return self.fast.popleft() if self.fast else self.fifo.popleft()
@@ -229,8 +230,9 @@ def _child_main(sock: socket.socket, log_level: int) -> None:
             return False
         buf = buf + data if buf else data
         msgs, used = _messages(buf)
+        now = time.perf_counter()
         for kind, sid, start, end in msgs:
-            work.add(kind, sid, buf, start, end)
+            work.add(kind, sid, buf, start, end, now)
         buf = buf[used:]
         return True
 
@@ -242,8 +244,8 @@ def _child_main(sock: socket.socket, log_level: int) -> None:
                 break
             if not work:
                 continue
-            kind, sid, mbuf, start, end = work.take()
-            out = _child_handle(kind, sid, mbuf, start, end, steps, make_step)
+            kind, sid, mbuf, start, end, received = work.take()
+            out = _child_handle(kind, sid, mbuf, start, end, steps, make_step, received)
             now = COUNTERS.snapshot()
             if now != sent:
                 deltas = _COUNTERS.pack(*(now[k] - sent[k] for k in _COUNTER_NAMES))
@@ -260,7 +262,8 @@ def _child_main(sock: socket.socket, log_level: int) -> None:
 
 
 def _child_handle(kind: int, sid: int, buf: bytes, start: int, end: int,
-                  steps: dict[int, _ChildStep], make_step: Callable[..., Any]) -> list[bytes]:
+                  steps: dict[int, _ChildStep], make_step: Callable[..., Any],
+                  received: float = 0.0) -> list[bytes]:
     """One message from the parent; returns the bytes to send back."""
     if kind == FRAME:
         st = steps.get(sid)
@@ -270,13 +273,15 @@ def _child_handle(kind: int, sid: int, buf: bytes, start: int, end: int,
         if (num, den) != st.tb_key:
             st.tb_key, st.tb = (num, den), Fraction(num, den)
         frame = Frame(st.tracks[tid], buf[start + _FRAME.size:end], pts, dts, st.tb, bool(key))
+        began = time.perf_counter()
         try:
             frames = st.step.process(frame)
         except Exception:
             logging.getLogger(__name__).exception(
                 "%s: transcode step failed on a frame; skipped", st.name)
             frames = []
-        return _result(sid, st, frames)
+        done = time.perf_counter()
+        return _result(sid, st, frames, _us(began - received), _us(done - began))
     if kind == TRACK:
         st = steps.get(sid)
         if st is not None:
@@ -305,9 +310,14 @@ def _child_handle(kind: int, sid: int, buf: bytes, start: int, end: int,
     return []
 
 
-def _result(sid: int, st: _ChildStep, frames: list[Frame]) -> list[bytes]:
+def _us(seconds: float) -> int:
+    return min(0xFFFFFFFF, max(0, round(seconds * 1e6)))
+
+
+def _result(sid: int, st: _ChildStep, frames: list[Frame], wait_us: int = 0,
+            coding_us: int = 0) -> list[bytes]:
     parts: list[bytes] = []
-    body = [_COUNT.pack(len(frames))]
+    body = [_RESULT_HEAD.pack(len(frames), wait_us, coding_us)]
     for f in frames:
         entry = st.out_ids.get(id(f.track))
         if entry is None or entry[1] is not f.track:
@@ -347,6 +357,8 @@ class PoolStep:
         self.frames_out = 0
         # recent arrival -> outputs-back times per input frame, in ms (pipe + queue + coding)
         self.latency_ms = Latency()
+        self.wait_ms = Latency()  # of that: waiting in the worker process for its turn ...
+        self.coding_ms = Latency()  # ... and coding (the rest: sockets and the event loop)
         self.failed: str | None = None
         self.on_failed: Callable[[str], None] | None = None
         self._deliver = deliver
@@ -406,9 +418,12 @@ class PoolStep:
         self._sent_track = track
         return self._next_track, True
 
-    def _result(self, frames: list[Frame], now: float) -> None:
+    def _result(self, frames: list[Frame], now: float, wait_ms: float = 0.0,
+                coding_ms: float = 0.0) -> None:
         if self._arrivals:
             self.latency_ms.add((now - self._arrivals.popleft()) * 1000)
+            self.wait_ms.add(wait_ms)
+            self.coding_ms.add(coding_ms)
         if frames:
             self.frames_out += len(frames)
             try:
@@ -575,8 +590,8 @@ class _Child:
             step = self.steps.get(sid)
             if step is None:
                 return
-            (count,) = _COUNT.unpack_from(buf, start)
-            o = start + 2
+            count, wait_us, coding_us = _RESULT_HEAD.unpack_from(buf, start)
+            o = start + _RESULT_HEAD.size
             frames: list[Frame] = []
             for _ in range(count):
                 tid, pts, dts, num, den, key, size = _OUT.unpack_from(buf, o)
@@ -586,7 +601,7 @@ class _Child:
                 frames.append(Frame(step._out_tracks[tid], buf[o:o + size], pts, dts, step._tb,
                                     bool(key)))
                 o += size
-            step._result(frames, now)
+            step._result(frames, now, wait_us / 1000, coding_us / 1000)
         elif kind == COUNTERS_MSG:
             COUNTERS.add(**dict(zip(_COUNTER_NAMES, _COUNTERS.unpack_from(buf, start))))
         elif kind == TRACK:

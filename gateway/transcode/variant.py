@@ -54,6 +54,8 @@ class TrackWorker(Protocol):
     frames_out: int
     dropped: int
     latency_ms: Latency
+    wait_ms: Latency
+    coding_ms: Latency
 
     def submit(self, frame: Frame) -> None: ...
 
@@ -87,6 +89,8 @@ class Worker:
         self.frames_out = 0
         # recent arrival -> output-ready times per input frame, in ms (queue wait + coding)
         self.latency_ms = Latency()
+        self.wait_ms = Latency()  # of that: in the queue ...
+        self.coding_ms = Latency()  # ... and coding
         self._thread = threading.Thread(target=self._run, name=f"transcode {name}", daemon=True)
         self._thread.start()
 
@@ -123,12 +127,16 @@ class Worker:
                 if item is None:
                     break
                 frame, arrived = item
+                began = time.perf_counter()
                 try:
                     out = step.process(frame)
                 except Exception:
                     log.exception("%s: transcode step failed on a frame; skipped", self.name)
                     continue
-                self.latency_ms.add((time.perf_counter() - arrived) * 1000)
+                done = time.perf_counter()
+                self.latency_ms.add((done - arrived) * 1000)
+                self.wait_ms.add((began - arrived) * 1000)
+                self.coding_ms.add((done - began) * 1000)
                 if out:
                     self.frames_out += len(out)
                     self._post(out)
@@ -275,7 +283,8 @@ class Variant(Stream):
 
     def stats(self) -> dict[str, object]:
         """Per transcoded track: frames in/out/dropped, arrival->ready latency p50/p99 (ms) of
-        the recent frames, and the cumulative latency histogram (diff two for a window)."""
+        the recent frames and how much of it was waiting for the worker and coding, and the
+        cumulative histograms of each (diff two snapshots for a window)."""
         out: dict[str, object] = {}
         for kind, w in self.workers.items():
             lat = w.latency_ms
@@ -283,7 +292,12 @@ class Variant(Stream):
                          "in": w.frames_in, "out": w.frames_out, "dropped": w.dropped,
                          "latency_ms_p50": lat.percentile(0.5),
                          "latency_ms_p99": lat.percentile(0.99),
-                         "latency_hist_ms": lat.histogram()}
+                         "latency_hist_ms": lat.histogram(),
+                         "wait_ms_p99": w.wait_ms.percentile(0.99),
+                         "coding_ms_p50": w.coding_ms.percentile(0.5),
+                         "coding_ms_p99": w.coding_ms.percentile(0.99),
+                         "wait_hist_ms": w.wait_ms.histogram(),
+                         "coding_hist_ms": w.coding_ms.histogram()}
         return out
 
 
