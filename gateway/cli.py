@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 
@@ -27,6 +28,7 @@ def _serve(args: argparse.Namespace) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
+    gc.freeze()  # the imports live as long as the process: no full collection walks them again
     try:
         runner(run(cfg))
     except OSError as e:

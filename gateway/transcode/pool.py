@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -212,6 +213,9 @@ def _child_main(sock: socket.socket, log_level: int) -> None:
     except Exception:
         logging.getLogger(__name__).exception("transcode process cannot import its codecs")
         return
+    # what the imports made lives as long as the process: keep it out of every collection, so a
+    # full one (triggered by the codecs' short-lived objects) does not stall a frame for ms
+    gc.freeze()
     send(_header(READY, 0, 0))
     steps: dict[int, _ChildStep] = {}
     work = _Schedule()
