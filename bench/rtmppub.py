@@ -4,12 +4,11 @@
 Why: N ``ffmpeg -re -stream_loop -1 -c copy`` publishers cost ~1% of a core each, plus their
 wake-ups, on the machine that runs the server under test. This is one process, one event
 loop, one timer for all streams (a heap of next-due times, woken at most every ``--tick``
-ms), tags parsed and chunked once at start and shared by all streams, one
-``transport.write`` per stream per wake-up, and the project's own sans-I/O RTMP client
-(``ClientConnection``) for everything but the media framing. What is left to pay is mostly
+ms), tags parsed once at start and shared by all streams, one ``transport.write`` per
+stream per wake-up, and the project's own sans-I/O RTMP client (``ClientConnection``). What is left to pay is mostly
 kernel: timer wake-ups (~65 us each on a small VM) and send() calls (one per stream per
 wake-up with something due), so ``--tick`` (default 10 ms, FFmpeg 5.1's ``-re`` sleep
-too) is the CPU/precision knob: 14 streams cost ~2.3-3% of a core at 10 ms, ~1.9% at 20.
+too) is the CPU/precision knob: 14 streams cost ~3.4% of a core at 10 ms.
 
 What the server sees, per stream, mimics ``ffmpeg -re -stream_loop -1 -i clip.flv -c copy``:
 ``@setDataFrame onMetaData`` (duration and filesize zeroed, as for a live stream), the
@@ -36,7 +35,6 @@ import heapq
 import json
 import math
 import signal
-import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,21 +50,18 @@ if str(REPO_ROOT) not in sys.path:  # so ``python bench/rtmppub.py`` can import 
 from gateway.protocols import flv
 from gateway.protocols.rtmp import amf0
 from gateway.protocols.rtmp import connection as rc
-from gateway.protocols.rtmp.chunk import encode_message
-from gateway.protocols.rtmp.messages import CSID_AUDIO, CSID_VIDEO, RtmpError
+from gateway.protocols.rtmp.messages import RtmpError
 
 try:  # uvloop is what production uses; fall back so the tool still runs without it
     import uvloop
 except ImportError:  # pragma: no cover
     uvloop = None  # type: ignore[assignment]
 
-__all__ = ["Clip", "Framed", "Publisher", "main", "run"]
+__all__ = ["Clip", "Publisher", "main", "run"]
 
 AUDIO, VIDEO, SCRIPT = flv.TAG_AUDIO, flv.TAG_VIDEO, flv.TAG_SCRIPT
 EPS = 0.0006  # s; libuv timers have 1 ms resolution: a tag due within this is sent now
 CONNECT_TIMEOUT = 10.0  # s from TCP connect to NetStream.Publish.Start, else reconnect
-EXTENDED_TS = 0xFFFFFF  # from here on (after 4.66 h) media goes through ClientConnection.send_media
-_HDR0 = struct.Struct(">BIHB")  # type-0 chunk header without the stream id: as chunk.encode_message
 
 now = time.monotonic  # the same clock libuv/asyncio timers use
 
@@ -181,38 +176,6 @@ class Clip:
                    loop_ms, frame_ms, len(data))  # fmt: skip
 
 
-class Framed:
-    """Each tag of a clip chunked once for one chunk size: only a 12-byte header varies per send.
-
-    ``encode_message`` would re-chunk every payload for every stream and loop; here a message is
-    ``header(timestamp, stream id) + bodies[i]``, where ``bodies[i]`` already holds the type-3
-    continuation headers. The bytes are identical to ``encode_message``'s (checked at build).
-    """
-
-    __slots__ = ("bodies", "heads")
-
-    def __init__(self, clip: Clip, chunk_size: int) -> None:
-        self.heads: list[tuple[int, int, int, int]] = []  # csid, len >> 16, len & 0xFFFF, type id
-        self.bodies: list[bytes] = []
-        for type_id, payload in zip(clip.types, clip.payloads):
-            csid = CSID_AUDIO if type_id == AUDIO else CSID_VIDEO
-            cont = bytes([0xC0 | csid])
-            n = len(payload)
-            mv = memoryview(payload)
-            self.heads.append((csid, n >> 16, n & 0xFFFF, type_id))
-            self.bodies.append(cont.join([mv[i : i + chunk_size] for i in range(0, n, chunk_size)]))
-        for i in range(min(len(self.bodies), 64)):  # guard against drifting from the real encoder
-            ts = clip.stamps[i] + 123_456
-            want = encode_message(clip.types[i], 1, ts, clip.payloads[i], self.heads[i][0], chunk_size)
-            if self.message(i, ts, struct.pack("<I", 1)) != want:
-                raise AssertionError("pre-chunked message differs from chunk.encode_message")
-
-    def message(self, i: int, ts: int, sid: bytes) -> bytes:
-        """Tag ``i`` as one RTMP message at ``ts`` (< EXTENDED_TS) on stream ``sid`` (u32 LE)."""
-        csid, hi, lo, type_id = self.heads[i]
-        return _HDR0.pack(csid, (ts << 8) | hi, lo, type_id) + sid + self.bodies[i]
-
-
 # =========================================================================== one stream
 
 
@@ -225,7 +188,7 @@ class _Stream:
 
     __slots__ = (
         "base", "bytes", "conn", "idx", "index", "live", "loop_k", "media_prev", "name",
-        "need_key", "phase", "reconnects", "rejects", "session", "sid", "skipped", "transport",
+        "need_key", "phase", "reconnects", "rejects", "session", "skipped", "transport",
         "writes",
     )  # fmt: skip
 
@@ -235,7 +198,6 @@ class _Stream:
         self.phase = phase  # s after the publisher's epoch, modulo one frame interval
         self.conn: rc.ClientConnection | None = None
         self.transport: asyncio.Transport | None = None
-        self.sid = b"\x01\x00\x00\x00"  # RTMP message stream id of the publish, u32 LE
         self.session = 0
         self.live = False
         self.idx = 0  # next tag to send
@@ -374,7 +336,6 @@ class Publisher:
         self.chunk_size = chunk_size
         self.max_buffer = max_buffer
         self.retry_s = retry_s
-        self.framed = Framed(self.clip, chunk_size)
         self.wakeups = 0
         self._epoch = now()
         self._heap: list[tuple[float, int, int, _Stream]] = []
@@ -511,7 +472,6 @@ class Publisher:
         anchor = self._epoch + st.phase
         st.base = anchor + max(0, math.ceil((t - anchor) / frame)) * frame
         st.idx = st.loop_k = 0
-        st.sid = struct.pack("<I", conn.stream_id)
         st.need_key = False
         st.live = True
         heapq.heappush(self._heap, (st.base + clip.dues[0], st.index, st.session, st))
@@ -547,18 +507,16 @@ class Publisher:
 
     def _pump(self, st: _Stream, limit: float) -> float:
         """Send every tag of ``st`` due by ``limit`` in one write; return the next due time."""
-        clip, framed = self.clip, self.framed
+        clip = self.clip
         conn, tr = st.conn, st.transport
         assert conn is not None and tr is not None
         dues, types, keys = clip.dues, clip.types, clip.keys
-        stamps, heads, bodies = clip.stamps, framed.heads, framed.bodies
-        pack, sid = _HDR0.pack, st.sid
+        stamps, payloads, send = clip.stamps, clip.payloads, conn.send_media
         n = len(dues)
         i, base = st.idx, st.base
         offset = st.loop_k * clip.loop_ms
         skip = tr.get_write_buffer_size() > self.max_buffer
         need_key = st.need_key or skip
-        parts: list[bytes] = []
         while base + dues[i] <= limit:
             type_id = types[i]
             if skip or (need_key and type_id == VIDEO and not keys[i]):
@@ -566,14 +524,7 @@ class Publisher:
             else:
                 if type_id == VIDEO:
                     need_key = False
-                ts = stamps[i] + offset
-                if ts < EXTENDED_TS:
-                    csid, hi, lo, _ = heads[i]
-                    parts.append(pack(csid, (ts << 8) | hi, lo, type_id) + sid)
-                    parts.append(bodies[i])
-                else:  # continuation chunks then repeat the timestamp: let the client frame it
-                    conn.send_media(type_id, ts, clip.payloads[i])
-                    parts.append(conn.data_to_send())
+                send(type_id, stamps[i] + offset, payloads[i])
             i += 1
             if i == n:
                 i = 0
@@ -582,8 +533,8 @@ class Publisher:
                 base = st.base = base + clip.loop_s
         st.idx = i
         st.need_key = need_key
-        if parts:
-            data = b"".join(parts)
+        data = conn.data_to_send()
+        if data:
             tr.write(data)
             st.bytes += len(data)
             st.writes += 1

@@ -838,7 +838,6 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    sys.path.insert(0, str(REPO_ROOT))
     per_level = args.warmup + args.duration + 5 + args.pause
     n_sides = sum(s in args.sides for s in ("gateway", "ffmpeg"))
     extra = 0 if args.no_audio else 25

@@ -126,8 +126,8 @@ def test_frames_round_trip_with_timing_latency_and_counters(media) -> None:
         assert threads == {loop_thread}  # delivered on the event loop
         assert v.frames_in == len(vframes) and a.frames_in == len(aframes)
         assert v.dropped == a.dropped == 0
-        assert len(v.latency_ms) == len(vframes) and len(a.latency_ms) == len(aframes)
-        assert all(ms >= 0 for ms in v.latency_ms)
+        assert len(v.timings.latency) == len(vframes) and len(a.timings.latency) == len(aframes)
+        assert all(ms >= 0 for ms in v.timings.latency)
         out = got["video"]
         assert v.frames_out == len(out)
         # without a flush the decoder keeps its reorder delay (a few frames) at the end
@@ -200,7 +200,7 @@ def test_in_flight_bound_drops_video_until_keyframe(media, caplog) -> None:
             v.submit(f)
         assert v.frames_in == 8 and v.dropped == 1
         await _until(lambda: v.in_flight == 0)
-        assert len(v.latency_ms) == 8
+        assert len(v.timings.latency) == 8
         v.stop()
         a.stop()
 
@@ -373,15 +373,16 @@ def test_audio_overtakes_queued_video_of_other_steps(media) -> None:
         a = p.open("a", _transcode(media, "audio"), at, lambda fs: done.append("audio"), 200)
         await _until(lambda: v.frames_in == 0 and v.in_flight == 0)
         v.submit(vframes[0])
-        await _until(lambda: len(v.latency_ms) == 1)  # the process is up, the step open
+        await _until(lambda: len(v.timings.latency) == 1)  # the process is up, the step open
         for f in vframes[1:60]:  # a backlog of a couple hundred ms of coding
             v.submit(f)
         await asyncio.sleep(0.02)
         for f in aframes[:10]:
             a.submit(f)
-        await _until(lambda: v.frames_in == len(v.latency_ms) and a.frames_in == len(a.latency_ms))
+        vlat, alat = v.timings.latency, a.timings.latency
+        await _until(lambda: v.frames_in == len(vlat) and a.frames_in == len(alat))
         # audio waited for at most the video frame being coded, not for the whole backlog
-        assert max(a.latency_ms) < max(v.latency_ms) / 3, (list(a.latency_ms), max(v.latency_ms))
+        assert max(alat) < max(vlat) / 3, (list(alat), max(vlat))
         last_audio = max(i for i, k in enumerate(done) if k == "audio")
         assert last_audio < len(done) - 10, done  # most video came back after all the audio
         v.stop()

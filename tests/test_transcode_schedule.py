@@ -11,7 +11,7 @@ from gateway.transcode.step import Latency, histogram_percentile
 def _order(msgs: list[tuple[int, int, bytes]]) -> list[tuple[int, int]]:
     work = pool_mod._Schedule()
     for kind, sid, payload in msgs:
-        work.add(kind, sid, payload, 0, len(payload))
+        work.add(kind, sid, payload, 0, len(payload), 0.0)
     out = []
     while work:
         k, sid, *_ = work.take()

@@ -54,7 +54,7 @@ from typing import Any
 
 from .. import planner
 from ..media import Frame, Track
-from .step import COUNTERS, Admission, Latency
+from .step import COUNTERS, Admission, Timings
 
 __all__ = ["Pool", "PoolStep", "default_processes", "get_pool", "shutdown"]
 
@@ -181,7 +181,7 @@ class _Schedule:
         return bool(self.fast or self.fifo)
 
     def add(self, kind: int, sid: int, buf: bytes, start: int, end: int,
-            received: float = 0.0) -> None:
+            received: float) -> None:
         if kind == OPEN and end > start and buf[start] == _AUDIO:
             self._audio.add(sid)
         if sid in self._audio:
@@ -267,7 +267,7 @@ def _child_main(sock: socket.socket, log_level: int) -> None:
 
 def _child_handle(kind: int, sid: int, buf: bytes, start: int, end: int,
                   steps: dict[int, _ChildStep], make_step: Callable[..., Any],
-                  received: float = 0.0) -> list[bytes]:
+                  received: float) -> list[bytes]:
     """One message from the parent; returns the bytes to send back."""
     if kind == FRAME:
         st = steps.get(sid)
@@ -318,8 +318,8 @@ def _us(seconds: float) -> int:
     return min(0xFFFFFFFF, max(0, round(seconds * 1e6)))
 
 
-def _result(sid: int, st: _ChildStep, frames: list[Frame], wait_us: int = 0,
-            coding_us: int = 0) -> list[bytes]:
+def _result(sid: int, st: _ChildStep, frames: list[Frame], wait_us: int,
+            coding_us: int) -> list[bytes]:
     parts: list[bytes] = []
     body = [_RESULT_HEAD.pack(len(frames), wait_us, coding_us)]
     for f in frames:
@@ -359,10 +359,7 @@ class PoolStep:
         self.kind = t.kind
         self.frames_in = 0
         self.frames_out = 0
-        # recent arrival -> outputs-back times per input frame, in ms (pipe + queue + coding)
-        self.latency_ms = Latency()
-        self.wait_ms = Latency()  # of that: waiting in the worker process for its turn ...
-        self.coding_ms = Latency()  # ... and coding (the rest: sockets and the event loop)
+        self.timings = Timings()  # arrival -> outputs back: sockets, process queue, coding
         self.failed: str | None = None
         self.on_failed: Callable[[str], None] | None = None
         self._deliver = deliver
@@ -422,12 +419,10 @@ class PoolStep:
         self._sent_track = track
         return self._next_track, True
 
-    def _result(self, frames: list[Frame], now: float, wait_ms: float = 0.0,
-                coding_ms: float = 0.0) -> None:
+    def _result(self, frames: list[Frame], now: float, wait_ms: float,
+                coding_ms: float) -> None:
         if self._arrivals:
-            self.latency_ms.add((now - self._arrivals.popleft()) * 1000)
-            self.wait_ms.add(wait_ms)
-            self.coding_ms.add(coding_ms)
+            self.timings.add((now - self._arrivals.popleft()) * 1000, wait_ms, coding_ms)
         if frames:
             self.frames_out += len(frames)
             try:
@@ -494,10 +489,6 @@ class _Child:
         out in one ``sendmsg`` and wake the process once."""
         if not self.alive:
             return
-        if self._wbuf:
-            for p in parts:
-                self._wbuf += p
-            return
         if not self._out:
             self.loop.call_soon(self._flush)
         self._out += parts
@@ -506,7 +497,7 @@ class _Child:
         parts, self._out = self._out, []
         if not self.alive or not parts:
             return
-        if self._wbuf:
+        if self._wbuf:  # the kernel still has not taken earlier bytes: keep the order
             self._wbuf += b"".join(parts)
             return
         sent = 0

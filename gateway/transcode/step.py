@@ -127,6 +127,32 @@ class Latency:
                 for i, n in enumerate(self.counts) if n}
 
 
+class Timings:
+    """Per input frame of one step: arrival -> output ready (``latency``), and of that the time
+    spent waiting for the worker (``wait``) and coding (``coding``); the rest is transport."""
+
+    def __init__(self) -> None:
+        self.latency = Latency()
+        self.wait = Latency()
+        self.coding = Latency()
+
+    def add(self, latency_ms: float, wait_ms: float, coding_ms: float) -> None:
+        self.latency.add(latency_ms)
+        self.wait.add(wait_ms)
+        self.coding.add(coding_ms)
+
+    def stats(self) -> dict[str, object]:
+        """Recent p50/p99 and the cumulative histograms (diff two snapshots for a window)."""
+        return {"latency_ms_p50": self.latency.percentile(0.5),
+                "latency_ms_p99": self.latency.percentile(0.99),
+                "latency_hist_ms": self.latency.histogram(),
+                "wait_ms_p99": self.wait.percentile(0.99),
+                "coding_ms_p50": self.coding.percentile(0.5),
+                "coding_ms_p99": self.coding.percentile(0.99),
+                "wait_hist_ms": self.wait.histogram(),
+                "coding_hist_ms": self.coding.histogram()}
+
+
 def histogram_percentile(hist: dict[str, int], q: float) -> float | None:
     """Percentile of a (difference of) ``Latency.histogram()``: the bucket's upper bound, so
     never optimistic; ``inf`` when it falls beyond the last bucket."""

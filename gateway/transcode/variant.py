@@ -25,7 +25,7 @@ from .. import planner
 from ..hub.stream import Stream
 from ..media import Frame, StreamInfo, Track
 from . import pool
-from .step import Admission, Latency, Step
+from .step import Admission, Step, Timings
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,7 @@ class TrackWorker(Protocol):
     frames_in: int
     frames_out: int
     dropped: int
-    latency_ms: Latency
-    wait_ms: Latency
-    coding_ms: Latency
+    timings: Timings
 
     def submit(self, frame: Frame) -> None: ...
 
@@ -87,10 +85,7 @@ class Worker:
         self._admission = Admission(name, t.kind, limit, log)
         self.frames_in = 0
         self.frames_out = 0
-        # recent arrival -> output-ready times per input frame, in ms (queue wait + coding)
-        self.latency_ms = Latency()
-        self.wait_ms = Latency()  # of that: in the queue ...
-        self.coding_ms = Latency()  # ... and coding
+        self.timings = Timings()  # the queue is the wait, there is no transport
         self._thread = threading.Thread(target=self._run, name=f"transcode {name}", daemon=True)
         self._thread.start()
 
@@ -134,9 +129,8 @@ class Worker:
                     log.exception("%s: transcode step failed on a frame; skipped", self.name)
                     continue
                 done = time.perf_counter()
-                self.latency_ms.add((done - arrived) * 1000)
-                self.wait_ms.add((began - arrived) * 1000)
-                self.coding_ms.add((done - began) * 1000)
+                self.timings.add((done - arrived) * 1000, (began - arrived) * 1000,
+                                 (done - began) * 1000)
                 if out:
                     self.frames_out += len(out)
                     self._post(out)
@@ -287,17 +281,9 @@ class Variant(Stream):
         cumulative histograms of each (diff two snapshots for a window)."""
         out: dict[str, object] = {}
         for kind, w in self.workers.items():
-            lat = w.latency_ms
             out[kind] = {"step": f"{w.transcode.from_codec}->{w.transcode.to_codec}",
                          "in": w.frames_in, "out": w.frames_out, "dropped": w.dropped,
-                         "latency_ms_p50": lat.percentile(0.5),
-                         "latency_ms_p99": lat.percentile(0.99),
-                         "latency_hist_ms": lat.histogram(),
-                         "wait_ms_p99": w.wait_ms.percentile(0.99),
-                         "coding_ms_p50": w.coding_ms.percentile(0.5),
-                         "coding_ms_p99": w.coding_ms.percentile(0.99),
-                         "wait_hist_ms": w.wait_ms.histogram(),
-                         "coding_hist_ms": w.coding_ms.histogram()}
+                         **w.timings.stats()}
         return out
 
 
