@@ -188,13 +188,14 @@ class _Stream:
 
     __slots__ = (
         "base", "bytes", "conn", "idx", "index", "live", "loop_k", "media_prev", "name",
-        "need_key", "phase", "reconnects", "rejects", "session", "skipped", "transport",
+        "need_key", "phase", "port", "reconnects", "rejects", "session", "skipped", "transport",
         "writes",
     )  # fmt: skip
 
-    def __init__(self, index: int, name: str, phase: float) -> None:
+    def __init__(self, index: int, name: str, phase: float, port: int) -> None:
         self.index = index
         self.name = name
+        self.port = port
         self.phase = phase  # s after the publisher's epoch, modulo one frame interval
         self.conn: rc.ClientConnection | None = None
         self.transport: asyncio.Transport | None = None
@@ -317,6 +318,7 @@ class Publisher:
         chunk_size: int = 4096,
         max_buffer: int = 4 << 20,
         retry_s: float = 1.0,
+        ports: Sequence[int] | None = None,
     ) -> None:
         self.clip = clip if isinstance(clip, Clip) else Clip.load(clip)
         parts = urlsplit(url)
@@ -330,8 +332,11 @@ class Publisher:
         self.tc_url = url.rstrip("/")
         if len(set(names)) != len(names) or not names:
             raise ValueError("need one or more distinct stream names")
+        if ports is not None and len(ports) != len(names):
+            raise ValueError("need one port per stream name")
         window = self.clip.frame_ms if stagger_ms is None else stagger_ms
-        self.streams = [_Stream(i, n, window / 1000.0 * i / len(names)) for i, n in enumerate(names)]
+        self.streams = [_Stream(i, n, window / 1000.0 * i / len(names), ports[i] if ports else self.port)
+                        for i, n in enumerate(names)]
         self.tick = tick_ms / 1000.0
         self.chunk_size = chunk_size
         self.max_buffer = max_buffer
@@ -403,7 +408,7 @@ class Publisher:
             reason = ""
             try:
                 _, proto = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Conn(self, st), self.host, self.port), CONNECT_TIMEOUT)
+                    loop.create_connection(lambda: _Conn(self, st), self.host, st.port), CONNECT_TIMEOUT)
             except (OSError, TimeoutError) as exc:
                 reason = f"connect failed: {exc or 'timeout'}"
             else:
@@ -622,6 +627,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=4096, help="outgoing RTMP chunk size")
     p.add_argument("--max-buffer", type=int, default=4 << 20,
                    help="per-stream write-buffer bytes above which due tags are skipped")
+    p.add_argument("--ports", default=None,
+                   help="comma-separated port per stream, overriding the URL's (one server per stream, "
+                        "e.g. `ffmpeg -listen 1 -i rtmp://...` transcoders)")
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio (for comparison)")
     args = p.parse_args(argv)
     if args.names:
@@ -641,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{Path(clip.path).name}: {len(clip.types)} tags, loop {clip.loop_ms} ms, frame "
         f"{clip.frame_ms:.2f} ms; {len(args.name_list)} streams to {args.url}")
     opts = {"stagger_ms": args.stagger, "tick_ms": args.tick, "chunk_size": args.chunk_size,
-            "max_buffer": args.max_buffer}  # fmt: skip
+            "max_buffer": args.max_buffer,
+            "ports": [int(x) for x in args.ports.split(",")] if args.ports else None}  # fmt: skip
     coro = run(clip, args.url, args.name_list, duration=args.duration, report=args.report,
                handle_signals=True, **opts)  # fmt: skip
     if uvloop is not None and not args.no_uvloop:

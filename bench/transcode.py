@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -213,12 +214,14 @@ class GwLevel:
 @dataclass
 class FfLevel:
     n: int
+    io: str = "file"  # "file": -re clip -> /dev/null; "net": RTMP in from rtmppub, TS out over TCP
     verdict: str = "ERROR"
     speed_min: float | None = None
     speed_med: float | None = None
     cpu_pct: float | None = None
     cpu_per_transcode: float | None = None
     rss_mb: float | None = None
+    pubs_pct: float | None = None  # this process (sinks) + publisher + softirq, as on the gateway side
     other_pct: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -503,22 +506,66 @@ async def run_gateway_ladder(procs: ProcessGroup, scratch: Path, clip: Path, arg
 # =========================================================================== FFmpeg CLI side
 
 
-def ffmpeg_cmd(clip: Path, args: argparse.Namespace) -> list[str]:
-    """The issue's reference transcode; ``-threads 1`` for the decoder and (like the gateway) the encoder."""
-    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1",
-            "-threads", "1", "-i", str(clip),
+def ffmpeg_cmd(clip: Path, args: argparse.Namespace, rtmp_port: int = 0, sink_port: int = 0,
+               name: str = "s") -> list[str]:
+    """The issue's reference transcode; ``-threads 1`` for the decoder and (like the gateway) the encoder.
+
+    ``io="file"`` (no ports): ``-re`` from the clip, TS to /dev/null. ``io="net"`` (ports given): the
+    same I/O as the gateway gets, i.e. an RTMP server for the publisher (``-listen 1``) and TS
+    over a TCP connection to a reader in this process.
+    """
+    src = (["-listen", "1", "-i", f"rtmp://127.0.0.1:{rtmp_port}/live/{name}"] if rtmp_port
+           else ["-re", "-stream_loop", "-1", "-i", str(clip)])
+    dst = f"tcp://127.0.0.1:{sink_port}" if sink_port else "/dev/null"
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-threads", "1", *src,
             "-c:v", "mpeg1video", "-b:v", str(args.video_bitrate), "-bf", "0", "-g", "30",
             "-threads", str(args.ffmpeg_enc_threads),
             "-c:a", "mp2", "-b:a", "128k", "-f", "mpegts",
-            "-progress", "pipe:1", "-stats_period", "0.5", "-y", "/dev/null"]  # fmt: skip
+            "-progress", "pipe:1", "-stats_period", "0.5", "-y", dst]  # fmt: skip
 
 
-def ffmpeg_level(procs: ProcessGroup, clip: Path, n: int, args: argparse.Namespace, scratch: Path) -> FfLevel:
+class Sinks:
+    """TCP readers that count and discard what FFmpeg sends (``io="net"``): the gateway's viewers' twin."""
+
+    def __init__(self, n: int) -> None:
+        self.listeners: list[socket.socket] = []
+        self.bytes = [0] * n
+        for _ in range(n):
+            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(1)
+            self.listeners.append(ls)
+        self.ports = [int(ls.getsockname()[1]) for ls in self.listeners]
+        for i in range(n):
+            threading.Thread(target=self._read, args=(i,), daemon=True).start()
+
+    def _read(self, i: int) -> None:
+        try:
+            conn, _ = self.listeners[i].accept()
+        except OSError:
+            return
+        with conn:
+            while data := conn.recv(1 << 16):
+                self.bytes[i] += len(data)
+
+    def close(self) -> None:
+        for ls in self.listeners:
+            try:
+                ls.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            ls.close()
+
+
+def ffmpeg_level(procs: ProcessGroup, clip: Path, n: int, args: argparse.Namespace, scratch: Path,
+                 io: str = "file") -> FfLevel:
     """N concurrent FFmpeg CLI transcodes; PASS when each one's windowed speed >= 0.97."""
-    row = FfLevel(n)
+    row = FfLevel(n, io)
     progress: list[list[tuple[float, float]]] = [[] for _ in range(n)]
     ps: list[subprocess.Popen[bytes]] = []
-    errlog = open(scratch / f"ffmpeg-{n}.log", "ab")
+    pubs: list[subprocess.Popen[bytes]] = []
+    errlog = open(scratch / f"ffmpeg-{io}-{n}.log", "ab")
+    sinks = Sinks(n) if io == "net" else None
 
     def reader(i: int, p: subprocess.Popen[bytes]) -> None:
         assert p.stdout is not None
@@ -531,12 +578,24 @@ def ffmpeg_level(procs: ProcessGroup, clip: Path, n: int, args: argparse.Namespa
 
     softirq = kernel_threads("ksoftirqd/")
     try:
+        names = [f"f{n}s{i}" for i in range(n)]
+        ports = [free_port() for _ in range(n)] if sinks else [0] * n
         for i in range(n):
-            p = procs.start(ffmpeg_cmd(clip, args), stdout=subprocess.PIPE, stderr=errlog)
+            cmd = ffmpeg_cmd(clip, args, ports[i], sinks.ports[i] if sinks else 0, names[i])
+            p = procs.start(cmd, stdout=subprocess.PIPE, stderr=errlog)
             ps.append(p)
             threading.Thread(target=reader, args=(i, p), daemon=True).start()
+        if sinks:  # the gateway side's publisher, one RTMP server (an ffmpeg) per stream
+            time.sleep(0.3)  # no probe connect: `-listen 1` takes the first one and exits; rtmppub retries
+            cmd = [sys.executable, str(Path(__file__).resolve().parent / "rtmppub.py"), "--clip", str(clip),
+                   "--url", f"rtmp://127.0.0.1:{ports[0]}/live", "--names", ",".join(names),
+                   "--ports", ",".join(map(str, ports)), "--tick", str(args.pub_tick)]  # fmt: skip
+            pubs.append(procs.start(cmd, stderr=errlog, stdout=subprocess.DEVNULL))
+            deadline = time.monotonic() + 20  # FFmpeg probes the input before it writes anything
+            while time.monotonic() < deadline and not all(progress):
+                time.sleep(0.1)
         time.sleep(args.warmup)
-        helpers = [os.getpid(), *softirq]
+        helpers = [os.getpid(), *(p.pid for p in pubs), *softirq]
         m0 = mark([p.pid for p in ps], helpers)
         peak = 0
         end = time.monotonic() + args.duration
@@ -549,8 +608,9 @@ def ffmpeg_level(procs: ProcessGroup, clip: Path, n: int, args: argparse.Namespa
             pts = [x for x in pr if m0.t - 0.5 <= x[0] <= m1.t + 0.5]
             if len(pts) >= 2 and pts[-1][0] - pts[0][0] > 1:
                 speeds.append((pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0]))
-        cpu, _, other = pct(m0, m1)
+        cpu, helpers_pct, other = pct(m0, m1)
         row.cpu_pct, row.cpu_per_transcode = round(cpu, 1), round(cpu / n, 1)
+        row.pubs_pct = round(helpers_pct, 1)
         row.other_pct, row.rss_mb = round(other, 1), round(peak / 2**20, 1)
         if speeds:
             row.speed_min, row.speed_med = round(min(speeds), 3), round(statistics.median(speeds), 3)
@@ -561,23 +621,30 @@ def ffmpeg_level(procs: ProcessGroup, clip: Path, n: int, args: argparse.Namespa
             reasons.append(f"speed {min(speeds):.3f} < {PASS_RATIO}")
         if dead := [p for p in ps if p.poll() is not None]:
             reasons.append(f"{len(dead)} ffmpeg exited")
+        if dead_pubs := [p for p in pubs if p.poll() is not None]:
+            reasons.append(f"{len(dead_pubs)} publisher(s) exited")
         if row.other_pct > 15:
             row.notes.append(f"machine not quiet: other processes used {row.other_pct:.0f}% CPU")
         row.notes += reasons
         row.verdict = "FAIL" if reasons else "PASS"
         return row
     finally:
+        for p in pubs:
+            procs.stop(p, grace=2.0)
         for p in ps:
             procs.stop(p, grace=2.0)
+        if sinks:
+            sinks.close()
         errlog.close()
 
 
 def run_ffmpeg_ladder(procs: ProcessGroup, scratch: Path, clip: Path, args: argparse.Namespace,
-                      rows: list[FfLevel]) -> None:
-    say(f"== FFmpeg CLI: {' '.join(ffmpeg_cmd(clip, args))}")
+                      rows: list[FfLevel], io: str = "file") -> None:
+    example = ffmpeg_cmd(clip, args, *((1935, 9000) if io == "net" else ()))
+    say(f"== FFmpeg CLI ({io}): {' '.join(example)}" + ("  (ports per transcode)" if io == "net" else ""))
     for n in args.levels:
-        say(f"  ffmpeg N={n} ...")
-        row = ffmpeg_level(procs, clip, n, args, scratch)
+        say(f"  ffmpeg-{io} N={n} ...")
+        row = ffmpeg_level(procs, clip, n, args, scratch, io)
         rows.append(row)
         say(f"    -> {row.verdict}  speed min {fmt(row.speed_min)}, CPU {fmt(row.cpu_pct)}% "
             f"({fmt(row.cpu_per_transcode)}%/transcode)" + (f"  [{'; '.join(row.notes)}]" if row.notes else ""))
@@ -713,13 +780,15 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
           f"{os.cpu_count()} CPUs ({cpu_model}); warm-up {args.warmup:g}s, window {args.duration:g}s; "
           f"gateway {'on CPUs ' + args.gateway_cpus if args.gateway_cpus else 'on all CPUs'}")  # fmt: skip
     hdr = ("N", "gateway", "v fps min", "a pkt/s min", "drops", "lat v p50/p99 ms", "lat a p50/p99 ms",
-           "v wait/coding p99", "p99 from start v/a", "gw CPU%", "CPU/variant%", "RSS MB", "pubs CPU%", "other%", "|", "ffmpeg", "speed min",
-           "ff CPU%", "CPU/transcode%", "other%")  # fmt: skip
+           "v wait/coding p99", "p99 from start v/a", "gw CPU%", "CPU/variant%", "RSS MB", "pubs CPU%", "other%",
+           "|", "ffmpeg", "speed min", "ff CPU%", "CPU/transcode%", "other%",
+           "|", "ffmpeg-net", "speed min", "ff CPU%", "CPU/transcode%", "pubs CPU%", "other%")  # fmt: skip
     g = {r.n: r for r in gw_rows}
-    f = {r.n: r for r in ff_rows}
+    f = {r.n: r for r in ff_rows if r.io == "file"}
+    fn = {r.n: r for r in ff_rows if r.io == "net"}
     table = [hdr]
-    for n in sorted(set(g) | set(f)):
-        a, b = g.get(n), f.get(n)
+    for n in sorted(set(g) | set(f) | set(fn)):
+        a, b, c = g.get(n), f.get(n), fn.get(n)
         table.append((
             str(n),
             a.verdict if a else "-", fmt(a and a.v_fps_min, ".1f"), fmt(a and a.a_fps_min, ".1f"),
@@ -731,7 +800,9 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
             fmt(a and a.cpu_pct, ".0f"), fmt(a and a.cpu_per_variant, ".1f"), fmt(a and a.rss_mb, ".0f"),
             fmt(a and a.pubs_pct, ".0f"), fmt(a and a.other_pct, ".0f"), "|",
             b.verdict if b else "-", fmt(b and b.speed_min, ".3f"), fmt(b and b.cpu_pct, ".0f"),
-            fmt(b and b.cpu_per_transcode, ".1f"), fmt(b and b.other_pct, ".0f"),
+            fmt(b and b.cpu_per_transcode, ".1f"), fmt(b and b.other_pct, ".0f"), "|",
+            c.verdict if c else "-", fmt(c and c.speed_min, ".3f"), fmt(c and c.cpu_pct, ".0f"),
+            fmt(c and c.cpu_per_transcode, ".1f"), fmt(c and c.pubs_pct, ".0f"), fmt(c and c.other_pct, ".0f"),
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in table) for i in range(len(hdr))]
     for i, r in enumerate(table):
@@ -746,7 +817,7 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
           "processes starting for the first variant). FFmpeg CLI added latency: n/a (not observable\n"
           "from outside the process)")
     notes = [f"  gateway N={r.n}: " + " | ".join(r.notes) for r in gw_rows if r.notes]
-    notes += [f"  ffmpeg  N={r.n}: " + " | ".join(r.notes) for r in ff_rows if r.notes]
+    notes += [f"  ffmpeg-{r.io} N={r.n}: " + " | ".join(r.notes) for r in ff_rows if r.notes]
     if notes:
         print("notes:\n" + "\n".join(notes))
 
@@ -754,24 +825,35 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
         ok = [r.n for r in rows if r.verdict == "PASS"]
         return max(ok) if ok else None
 
-    gm, fm = top(gw_rows), top(ff_rows)
-    summary: dict[str, Any] = {"gateway_max_n": gm, "ffmpeg_max_n": fm}
+    gm = top(gw_rows)
+    summary: dict[str, Any] = {"gateway_max_n": gm}
     print("\nsummary:")
-    capped = [name for name, rows, m in (("gateway", gw_rows, gm), ("ffmpeg", ff_rows, fm))
-              if m is not None and m == max(args.levels) and rows and rows[-1].verdict == "PASS"]  # fmt: skip
-    print(f"  max concurrent real-time variants: gateway {fmt(gm)} / FFmpeg CLI {fmt(fm)}"
-          + (f"  (ladder top reached by {', '.join(capped)}: true max may be higher)" if capped else ""))
-    if gm is not None and fm:
-        ratio = gm / fm
-        summary["ratio"] = round(ratio, 2)
-        print(f"  ratio {ratio:.2f} (target >= {TARGET_RATIO}): {'MET' if ratio >= TARGET_RATIO else 'NOT MET'}")
-    else:
-        print(f"  ratio n/a (target >= {TARGET_RATIO}): NOT MET" if fm else "  ratio n/a")
+    refs = [(io, label, [r for r in ff_rows if r.io == io]) for io, label in (
+        ("file", "FFmpeg CLI, file -> /dev/null (the issue's reference)"),
+        ("net", "FFmpeg CLI, RTMP in -> TS over TCP (the gateway's I/O)"))]
+    refs = [x for x in refs if x[2]]
+    print(f"  max concurrent real-time variants: gateway {fmt(gm)}"
+          + "".join(f"; {label} {fmt(top(rows))}" for _, label, rows in refs))
+    for name, rows in (("gateway", gw_rows), *((f"ffmpeg-{io}", rows) for io, _, rows in refs)):
+        m = top(rows)
+        if m is not None and m == max(args.levels) and rows[-1].verdict == "PASS":
+            print(f"  ({name} reached the ladder top: its true max may be higher)")
+    for io, label, rows in refs:
+        fm = top(rows)
+        summary[f"ffmpeg_{io}_max_n"] = fm
+        if gm is not None and fm:
+            ratio = gm / fm
+            summary[f"ratio_{io}"] = round(ratio, 2)
+            print(f"  ratio vs {label}: {ratio:.2f} (target >= {TARGET_RATIO}): "
+                  f"{'MET' if ratio >= TARGET_RATIO else 'NOT MET'}")
+        else:
+            print(f"  ratio vs {label}: n/a")
     if gm is not None:
         r = g[gm]
-        fr = f.get(gm)
+        fr, frn = f.get(gm), fn.get(gm)
         print(f"  CPU per variant at N={gm}: gateway {fmt(r.cpu_per_variant)}% of a core"
-              + (f" vs FFmpeg CLI {fmt(fr.cpu_per_transcode)}% per transcode" if fr else ""))
+              + (f" vs FFmpeg CLI {fmt(fr.cpu_per_transcode)}% per transcode (file)" if fr else "")
+              + (f", {fmt(frn.cpu_per_transcode)}% (net)" if frn else ""))
         v_ok = r.v_p99 is not None and r.v_p99 < TARGET_VIDEO_P99_MS
         a_ok = r.a_p99 is not None and r.a_p99 < TARGET_AUDIO_P99_MS
         print(f"  added latency at N={gm}: video p50 {fmt(r.v_p50)} / p99 {fmt(r.v_p99)} ms "
@@ -815,7 +897,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--publisher", choices=("rtmppub", "ffmpeg"), default="rtmppub",
                    help="gateway side's RTMP publishers: one bench/rtmppub.py process for all streams, "
                         "or one `ffmpeg -re -c copy` per stream (~1%% of a core each)")
-    p.add_argument("--sides", default="gateway,ffmpeg", help="gateway, ffmpeg, audio (comma separated)")
+    p.add_argument("--sides", default="gateway,ffmpeg,ffmpeg-net",
+                   help="gateway, ffmpeg (file in, /dev/null out), ffmpeg-net (RTMP in from the same publisher, "
+                        "TS out over TCP), comma separated")
     p.add_argument("--no-audio", action="store_true", help="skip the in-process audio/video step figures")
     p.add_argument("--gateway-cpus", default=None, help="taskset CPU list for the gateway, e.g. 0 or 0,1")
     p.add_argument("--video-bitrate", type=int, default=2_000_000, help="MPEG-1 bitrate for both sides")
@@ -839,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     per_level = args.warmup + args.duration + 5 + args.pause
-    n_sides = sum(s in args.sides for s in ("gateway", "ffmpeg"))
+    n_sides = sum(s in args.sides for s in ("gateway", "ffmpeg", "ffmpeg-net"))
     extra = 0 if args.no_audio else 25
     say(f"plan: levels {args.levels}, sides {args.sides}, ~{per_level:.0f}s per level; expected "
         f"~{(n_sides * per_level * min(len(args.levels), 9) + extra) / 60:.1f} min, at most "
@@ -866,8 +950,9 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 runner = asyncio.run
             runner(run_gateway_ladder(procs, scratch, paths["clip"], args, gw_rows))
-        if "ffmpeg" in args.sides:
-            run_ffmpeg_ladder(procs, scratch, paths["clip"], args, ff_rows)
+        for side, io in (("ffmpeg", "file"), ("ffmpeg-net", "net")):
+            if side in args.sides:
+                run_ffmpeg_ladder(procs, scratch, paths["clip"], args, ff_rows, io)
         ok = True
     except KeyboardInterrupt:
         say("interrupted; cleaning up")
