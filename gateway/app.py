@@ -40,9 +40,9 @@ class Gateway:
 
 
 async def start(config: Config) -> Gateway:
-    variant.configure(processes=config.transcode_processes)
+    variant.configure(processes=config.transcode_processes, threads=config.transcode_threads)
     if config.transcode_prestart and config.transcode_processes != 0:
-        pool.get_pool(config.transcode_processes)
+        pool.get_pool(config.transcode_processes, config.transcode_threads)
     hub = Hub()
     ctx = Context(config, hub, planner.load_matrix(config.matrix_dir or None))
     rtmp_server = await rtmp.serve(ctx)

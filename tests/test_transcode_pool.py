@@ -176,6 +176,52 @@ def test_steps_of_one_group_share_a_process(media) -> None:
     _run(main)
 
 
+def test_codec_threads_of_one_process_share_its_steps(media) -> None:
+    """Two threads in one process: every step's output stays complete and in order."""
+    vt, vframes = media["video"]
+    at, aframes = media["audio"]
+
+    async def main() -> None:
+        p = pool_mod.get_pool(1, 2)
+        (child,) = p.processes
+        got: dict[str, list[Frame]] = {}
+        steps = []
+        for i in range(3):
+            for kind, track, limit in (("video", vt, 60), ("audio", at, 200)):
+                name = f"{kind}{i}"
+                got[name] = []
+                steps.append((name, p.open(name, _transcode(media, kind), track, got[name].extend,
+                                           limit, group=i)))
+        await _until(lambda: len(os.listdir(f"/proc/{child.pid}/task")) >= 2)  # main + 1 more
+        for i in range(max(len(vframes), len(aframes))):
+            for name, s in steps:
+                frames = vframes if name.startswith("video") else aframes
+                if i < len(frames):
+                    s.submit(frames[i])
+            if i % 10 == 9:
+                await _until(lambda: all(s.in_flight == 0 for _, s in steps))
+        await _until(lambda: all(s.in_flight == 0 for _, s in steps))
+        for name, s in steps:
+            out = got[name]
+            assert s.dropped == 0 and s.frames_out == len(out) > 0, name
+            assert [f.pts for f in out] == sorted(f.pts for f in out), name
+        for i in range(1, 3):  # the same input gives the same output, whichever thread coded it
+            for kind in ("video", "audio"):
+                assert [f.data for f in got[f"{kind}{i}"]] == [f.data for f in got[f"{kind}0"]]
+        for _, s in steps:
+            s.stop()
+
+    _run(main)
+
+
+def test_default_pool_size_follows_the_cpus(monkeypatch) -> None:
+    monkeypatch.setattr(pool_mod, "cpus", lambda: 2)
+    assert (pool_mod.default_processes(), pool_mod.default_threads(1)) == (1, 2)
+    monkeypatch.setattr(pool_mod, "cpus", lambda: 16)
+    assert (pool_mod.default_processes(), pool_mod.default_threads(4)) == (4, 4)
+    assert pool_mod.default_threads(3) == 6 and pool_mod.default_threads(32) == 1
+
+
 def test_in_flight_bound_drops_video_until_keyframe(media, caplog) -> None:
     vt, vframes = media["video"]
     at, aframes = media["audio"]

@@ -49,3 +49,24 @@ def test_latency_histogram_gives_window_percentiles() -> None:
     lat.add(20000.0)
     assert "inf" in lat.histogram() and histogram_percentile(lat.histogram(), 1.0) == float("inf")
     assert histogram_percentile({}, 0.5) is None
+
+
+def test_a_busy_step_is_skipped_and_each_step_keeps_its_order() -> None:
+    O, F = pool_mod.OPEN, pool_mod.FRAME
+    work = pool_mod._Schedule()
+    for kind, sid, payload in [(O, 1, b"-"), (O, 2, b"-"), (O, 3, b"a"), (F, 1, b"1"),
+                               (F, 1, b"2"), (F, 2, b"1"), (F, 3, b"1"), (F, 2, b"2")]:
+        work.add(kind, sid, payload, 0, len(payload), 0.0)
+
+    def take(busy: set[int]) -> tuple[int, int, bytes] | None:
+        m = work.take(busy)
+        return None if m is None else (m[0], m[1], m[2])
+
+    assert take({3}) == (O, 1, b"-")  # audio first, unless its step is being coded
+    assert take({1}) == (O, 3, b"a")
+    assert take({1, 3}) == (O, 2, b"-")  # step 1's messages wait, step 2 overtakes them
+    assert take({1, 2}) == (F, 3, b"1")
+    assert take({1, 2, 3}) is None
+    assert take({2}) == (F, 1, b"1")  # then the oldest of step 1, in its order
+    assert take({1}) == (F, 2, b"1")
+    assert [take(set()) for _ in range(3)] == [(F, 1, b"2"), (F, 2, b"2"), None]

@@ -3,9 +3,9 @@
 Why processes: with one thread per step, the event loop and the Python parts of every step share
 one GIL, and each re-acquisition after a codec call can wait a whole switch interval; latency then
 grows with the number of variants although the codecs themselves are cheap. Here the gateway
-process only moves bytes: a step lives in one of K child processes (default: one per CPU, each
-hosting many steps; a variant's steps share the least loaded one) and the parent talks to it over
-a socket pair with a compact framing:
+process only moves bytes: a step lives in one of K child processes (default: one per four CPUs,
+each hosting many steps with one codec thread per CPU; a variant's steps share the least loaded
+process) and the parent talks to it over a socket pair with a compact framing:
 
 * to the child: ``open(step, kind, transcode, source track)``, ``track(step, id, Track)`` (once per new
   input ``Track`` object), ``frame(step, track id, pts, dts, time base, key, data)``,
@@ -21,9 +21,9 @@ per-frame cost on the event loop is a header pack/unpack and one ``Frame`` (a fe
 parent reads with ``loop.add_reader``, not a reader thread: with the loop 80% busy, a thread that
 must win the GIL back to post each result measured ~200 ms median delay, ``add_reader`` ~2 ms. It
 writes without blocking (what the kernel does not take waits for ``add_writer``) and works only
-on its loop thread. A child codes its messages one by one, audio steps' first and the rest in
-arrival order (``_Schedule``): K processes already use every core, and a thread per step in the
-child measured worse video latency.
+on its loop thread. A child's codec threads take its messages audio steps' first and the rest in
+arrival order (``_Schedule``), a step on one thread at a time; a fixed few threads, not one per
+step, which measured worse video latency.
 
 Children are started with the ``spawn`` method (never ``fork`` a process running an event loop
 and threads); as with any ``spawn``, a program that embeds the gateway needs the usual
@@ -56,7 +56,8 @@ from .. import planner
 from ..media import Frame, Track
 from .step import COUNTERS, Admission, Timings
 
-__all__ = ["Pool", "PoolStep", "default_processes", "get_pool", "shutdown"]
+__all__ = ["Pool", "PoolStep", "cpus", "default_processes", "default_threads", "get_pool",
+           "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +192,36 @@ class _Schedule:
         else:
             self.fifo.append((kind, sid, buf, start, end, received))
 
-    def take(self) -> _Msg:
-        return self.fast.popleft() if self.fast else self.fifo.popleft()
+    def take(self, busy: set[int] | frozenset[int] = frozenset()) -> _Msg | None:
+        """The next message whose step no other thread is coding (a step's order is kept:
+        its oldest message is the first of its id in its queue), or None."""
+        for q in (self.fast, self.fifo):
+            if not q:
+                continue
+            if not busy:
+                return q.popleft()
+            for i, m in enumerate(q):
+                if m[1] not in busy:
+                    del q[i]
+                    return m
+        return None
 
 
-def _child_main(sock: socket.socket, log_level: int) -> None:
-    """Entry point of a worker process: serve steps until the parent closes the socket."""
+def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
+    """Entry point of a worker process: serve steps until the parent closes the socket.
+
+    ``threads`` codec threads share the work (PyAV releases the GIL while coding). Why more than
+    one: a process then uses a second core's idle time when its own core is shared with the
+    gateway's event loop, so the processes' loads even out without moving steps between them.
+    A step is only ever coded by one thread at a time. The threads read the socket themselves
+    (a leader/follower pattern): one with nothing to do blocks in ``recv``, and one that
+    finishes a piece of work first looks for new input without blocking. Why not a reader
+    thread: it would sit in ``recv`` all the time, so every send from the gateway would wake
+    it (a context switch, in a VM often an inter-processor interrupt); this way a busy process
+    costs the gateway's sends no wake-up at all.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the gateway's to handle
-    send_lock = threading.Lock()  # the log handler may be called from codec callbacks
+    send_lock = threading.Lock()  # codec threads, and the log handler from codec callbacks
 
     def send(data: bytes) -> None:
         with send_lock:
@@ -219,47 +242,100 @@ def _child_main(sock: socket.socket, log_level: int) -> None:
     send(_header(READY, 0, 0))
     steps: dict[int, _ChildStep] = {}
     work = _Schedule()
-    sent = COUNTERS.snapshot()
+    cond = threading.Condition()
+    busy: set[int] = set()  # steps a codec thread is working on
+    reading = threading.Lock()  # the socket's read side and ``buf``
+    state = {"closed": False, "blocked": False}  # "blocked": a thread waits in recv
     buf = b""
     reader = _Reader()
+    sent = [COUNTERS.snapshot()]
 
-    def receive(block: bool) -> bool:
-        """Queue what the parent sent; False when it closed the socket."""
+    def receive(block: bool) -> None:
+        """Queue what the parent sent (caller holds ``reading``); closed socket -> closed."""
         nonlocal buf
         try:
             data = reader.recv(sock, 0 if block else socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return True
-        if not data:
-            return False
-        buf = buf + data if buf else data
-        msgs, used = _messages(buf)
-        now = time.perf_counter()
-        for kind, sid, start, end in msgs:
-            work.add(kind, sid, buf, start, end, now)
-        buf = buf[used:]
-        return True
+            return
+        except OSError:
+            data = b""
+        with cond:
+            if not data:
+                state["closed"] = True
+                cond.notify_all()
+                return
+            buf = buf + data if buf else data
+            msgs, used = _messages(buf)
+            now = time.perf_counter()
+            for kind, sid, start, end in msgs:
+                work.add(kind, sid, buf, start, end, now)
+            buf = buf[used:]
+            if len(msgs) > 1:
+                cond.notify(len(msgs) - 1)  # this thread takes one itself
 
-    try:
-        while True:
-            # between two pieces of work, look for new input: audio that arrived while a video
-            # frame was coding goes before the video frames already waiting
-            if not receive(block=not work):
-                break
-            if not work:
-                continue
-            kind, sid, mbuf, start, end, received = work.take()
-            out = _child_handle(kind, sid, mbuf, start, end, steps, make_step, received)
+    def send_out(out: list[bytes]) -> None:
+        with send_lock:
             now = COUNTERS.snapshot()
-            if now != sent:
-                deltas = _COUNTERS.pack(*(now[k] - sent[k] for k in _COUNTER_NAMES))
+            if now != sent[0]:
+                deltas = _COUNTERS.pack(*(now[k] - sent[0][k] for k in _COUNTER_NAMES))
                 out.insert(0, _header(COUNTERS_MSG, 0, len(deltas)) + deltas)
-                sent = now
+                sent[0] = now
             if out:
-                send(b"".join(out))
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the gateway went away
+                sock.sendall(b"".join(out))
+
+    def code() -> None:
+        try:
+            while True:
+                # between two pieces of work, look for new input: audio that arrived while a
+                # video frame was coding goes before the video frames already waiting
+                if reading.acquire(blocking=False):
+                    try:
+                        receive(block=False)
+                    finally:
+                        reading.release()
+                with cond:
+                    while True:
+                        if state["closed"]:
+                            return
+                        msg = work.take(busy)
+                        if msg is not None:
+                            busy.add(msg[1])
+                            break
+                        if not state["blocked"]:
+                            state["blocked"] = True
+                            break
+                        cond.wait()
+                if msg is None:  # nothing to do and nobody reading: wait for the parent
+                    with reading:
+                        try:
+                            receive(block=True)
+                        finally:
+                            with cond:
+                                state["blocked"] = False
+                                cond.notify()  # a waiting thread may take over the reading
+                    continue
+                kind, sid, mbuf, start, end, received = msg
+                try:
+                    send_out(_child_handle(kind, sid, mbuf, start, end, steps, make_step, received))
+                finally:
+                    with cond:
+                        busy.discard(sid)
+        except OSError:  # e.g. BrokenPipeError: the gateway went away
+            pass
+        finally:
+            with cond:
+                state["closed"] = True
+                cond.notify_all()
+
+    helpers = [threading.Thread(target=code, name=f"codec-{i}", daemon=True)
+               for i in range(1, max(1, threads))]
+    for t in helpers:
+        t.start()
+    try:
+        code()
     finally:
+        for t in helpers:
+            t.join()
         for st in steps.values():
             with contextlib.suppress(Exception):  # exiting anyway
                 st.step.close()
@@ -448,7 +524,7 @@ class _Child:
     """One worker process and the parent's end of its socket; lives on the loop's thread."""
 
     def __init__(self, index: int, loop: asyncio.AbstractEventLoop,
-                 ctx: multiprocessing.context.BaseContext) -> None:
+                 ctx: multiprocessing.context.BaseContext, threads: int = 1) -> None:
         self.index = index
         self.loop = loop
         self.steps: dict[int, PoolStep] = {}
@@ -463,7 +539,7 @@ class _Child:
                 except OSError:
                     pass
         self.process: multiprocessing.process.BaseProcess = ctx.Process(  # type: ignore[attr-defined]
-            target=_child_main, args=(child, logging.getLogger().getEffectiveLevel()),
+            target=_child_main, args=(child, logging.getLogger().getEffectiveLevel(), threads),
             name=f"gateway-transcode-{index}", daemon=True)
         try:
             self.process.start()
@@ -668,8 +744,9 @@ class _Child:
 class Pool:
     """K worker processes on one event loop; a new step goes to the least loaded process."""
 
-    def __init__(self, processes: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, processes: int, loop: asyncio.AbstractEventLoop, threads: int = 1) -> None:
         self.size = max(1, processes)
+        self.threads = max(1, threads)
         self.loop = loop
         self._ctx = multiprocessing.get_context("spawn")
         self._children: list[_Child | None] = [None] * self.size
@@ -677,7 +754,7 @@ class Pool:
         self._ids = itertools.count(1)
         self.closed = False
         for i in range(self.size):  # all at once: the next variant's steps find a warm process
-            self._children[i] = _Child(i, loop, self._ctx)
+            self._children[i] = _Child(i, loop, self._ctx, self.threads)
 
     @property
     def processes(self) -> list[multiprocessing.process.BaseProcess]:
@@ -697,7 +774,7 @@ class Pool:
             if c is None or not c.alive:
                 if c is not None:
                     self._dead.append(c)
-                self._children[i] = _Child(i, self.loop, self._ctx)
+                self._children[i] = _Child(i, self.loop, self._ctx, self.threads)
         self._reap()
         live = [c for c in self._children if c is not None]
         mates = [c for c in live if group is not None
@@ -732,20 +809,38 @@ class Pool:
 
 
 _POOLS: dict[asyncio.AbstractEventLoop, Pool] = {}
+#: CPUs served by one worker process by default. Why not one process per CPU: each process
+#: then owns a fixed share of the steps, and the one whose core also runs the event loop falls
+#: behind while the other idles; threads of one process share all its work and go wherever a
+#: core is free (at 15 variants on 2 cores: p99 0.3-0.6 s instead of 1.4-2.5 s, and 29-31 fps
+#: instead of 26-28). Why not one process for all CPUs: the steps' Python parts share that
+#: process's GIL, about 0.1 ms per frame, which four cores' worth of variants stays well under.
+CPUS_PER_PROCESS = 4
 _POOLS_LOCK = threading.Lock()
 
 
-def default_processes() -> int:
-    """One per CPU this process may run on (``taskset`` and cgroups included)."""
+def cpus() -> int:
+    """CPUs this process may run on (``taskset`` and cgroups included)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
 
 
-def get_pool(processes: int = -1) -> Pool:
-    """The pool of the running loop, started on first use with ``processes`` (< 1: one per
-    CPU). Its size is fixed until ``shutdown()``; pools of loops that have closed are stopped."""
+def default_processes() -> int:
+    """One process per ``CPUS_PER_PROCESS`` CPUs, at least one."""
+    return -(-cpus() // CPUS_PER_PROCESS)
+
+
+def default_threads(processes: int) -> int:
+    """Codec threads per process so that all processes together have one per CPU."""
+    return max(1, -(-cpus() // max(1, processes)))
+
+
+def get_pool(processes: int = -1, threads: int = -1) -> Pool:
+    """The pool of the running loop, started on first use with ``processes`` (< 1: see
+    ``default_processes``) of ``threads`` codec threads each (< 1: ``default_threads``). Its
+    size is fixed until ``shutdown()``; pools of loops that have closed are stopped."""
     loop = asyncio.get_running_loop()
     with _POOLS_LOCK:
         pool = _POOLS.get(loop)
@@ -756,7 +851,8 @@ def get_pool(processes: int = -1) -> Pool:
             del _POOLS[p.loop]
     for p in stale:
         p.shutdown()
-    pool = Pool(processes if processes > 0 else default_processes(), loop)
+    processes = processes if processes > 0 else default_processes()
+    pool = Pool(processes, loop, threads if threads > 0 else default_threads(processes))
     with _POOLS_LOCK:
         _POOLS[loop] = pool
     return pool

@@ -34,15 +34,17 @@ StepFactory = Callable[[planner.Transcode, Track], Step]
 HOLD_AUDIO_FRAMES = 500  # ~10 s of audio held while the first video keyframe is coded
 QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step is behind
 
-#: Where steps run: < 0 one worker process per CPU, 0 threads in this process, N > 0 processes.
+#: Where steps run: < 0 the pool's default (``pool.default_processes``), 0 threads in this
+#: process, N > 0 processes.
 #: Set by the composition root from ``Config.transcode_processes`` (see ``configure``).
 _processes: int = -1
+_threads: int = -1  # codec threads per process; < 1: one per CPU over all processes
 
 
-def configure(*, processes: int) -> None:
+def configure(*, processes: int, threads: int = -1) -> None:
     """Choose where new variants run their steps; variants already running keep theirs."""
-    global _processes
-    _processes = processes
+    global _processes, _threads
+    _processes, _threads = processes, threads
 
 
 class TrackWorker(Protocol):
@@ -209,7 +211,7 @@ class Variant(Stream):
         limit = QUEUE_FRAMES.get(tp.kind, 100)
         if _processes != 0 and self._factory is _default_factory:
             try:
-                return pool.get_pool(_processes).open(name, tp, track, self._deliver, limit,
+                return pool.get_pool(_processes, _threads).open(name, tp, track, self._deliver, limit,
                                                       group=self)
             except Exception:  # a transcode in a thread beats no transcode
                 log.exception("%s: cannot use the transcode pool; using a thread", name)
