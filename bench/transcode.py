@@ -475,32 +475,10 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
     row.verdict = "FAIL" if reasons else "PASS"
 
 
-async def run_gateway_ladder(procs: ProcessGroup, scratch: Path, clip: Path, args: argparse.Namespace,
-                             rows: list[GwLevel]) -> None:
-    """One gateway process for all levels; stop after the first failing level."""
-    cfg, _ = write_gateway_config(scratch, args.video_bitrate, "".join(f"{line}\n" for line in args.gateway_set))
-    gw = Gateway(procs, scratch, cfg, args.gateway_cpus)
-    gw.start()
-    say(f"== gateway pid {gw.proc.pid if gw.proc else '?'}"
-        f"{' on CPUs ' + args.gateway_cpus if args.gateway_cpus else ' (all CPUs)'}; log {gw.log}")
-    try:
-        for n in args.levels:
-            if not gw.alive():
-                rows.append(GwLevel(n, notes=["gateway exited"]))
-                break
-            say(f"  gateway N={n} ...")
-            row = await asyncio.wait_for(gateway_level(gw, procs, clip, n, args),
-                                         timeout=args.warmup + args.duration + 60)
-            rows.append(row)
-            say(f"    -> {row.verdict}  video {fmt(row.v_fps_min)} fps min, CPU {fmt(row.cpu_pct)}% "
-                f"({fmt(row.cpu_per_variant)}%/variant), lat v p99 {fmt(row.v_p99)} ms, a p99 {fmt(row.a_p99)} ms"
-                + (f"  [{'; '.join(row.notes)}]" if row.notes else ""))  # fmt: skip
-            if row.verdict != "PASS" and not args.keep_going:
-                break
-            await asyncio.sleep(args.pause)
-    finally:
-        if gw.proc is not None:
-            procs.stop(gw.proc, grace=5.0)
+def say_gateway(row: GwLevel) -> None:
+    say(f"    -> {row.verdict}  video {fmt(row.v_fps_min)} fps min, CPU {fmt(row.cpu_pct)}% "
+        f"({fmt(row.cpu_per_variant)}%/variant), lat v p99 {fmt(row.v_p99)} ms, a p99 {fmt(row.a_p99)} ms"
+        + (f"  [{'; '.join(row.notes)}]" if row.notes else ""))  # fmt: skip
 
 
 # =========================================================================== FFmpeg CLI side
@@ -638,19 +616,72 @@ def ffmpeg_level(procs: ProcessGroup, clip: Path, n: int, args: argparse.Namespa
         errlog.close()
 
 
-def run_ffmpeg_ladder(procs: ProcessGroup, scratch: Path, clip: Path, args: argparse.Namespace,
-                      rows: list[FfLevel], io: str = "file") -> None:
-    example = ffmpeg_cmd(clip, args, *((1935, 9000) if io == "net" else ()))
-    say(f"== FFmpeg CLI ({io}): {' '.join(example)}" + ("  (ports per transcode)" if io == "net" else ""))
-    for n in args.levels:
-        say(f"  ffmpeg-{io} N={n} ...")
-        row = ffmpeg_level(procs, clip, n, args, scratch, io)
-        rows.append(row)
-        say(f"    -> {row.verdict}  speed min {fmt(row.speed_min)}, CPU {fmt(row.cpu_pct)}% "
-            f"({fmt(row.cpu_per_transcode)}%/transcode)" + (f"  [{'; '.join(row.notes)}]" if row.notes else ""))
-        if row.verdict != "PASS" and not args.keep_going:
-            break
-        time.sleep(args.pause)
+def say_ffmpeg(row: FfLevel) -> None:
+    say(f"    -> {row.verdict}  speed min {fmt(row.speed_min)}, CPU {fmt(row.cpu_pct)}% "
+        f"({fmt(row.cpu_per_transcode)}%/transcode)" + (f"  [{'; '.join(row.notes)}]" if row.notes else ""))
+
+
+# =========================================================================== the ladder
+
+
+def run_ladder(procs: ProcessGroup, scratch: Path, clip: Path, args: argparse.Namespace,
+               gw_rows: list[GwLevel], ff_rows: list[FfLevel]) -> None:
+    """Every side at one level, then the next level: sides measured minutes apart on a shared
+    (cloud) host can see CPUs 10-20% apart in speed, which would decide the ratio by itself.
+    The side that goes first rotates from level to level. A side stops at its first FAIL
+    unless ``--keep-going``. One gateway process serves all its levels (as in production)."""
+    sides = [s for s in ("gateway", "ffmpeg", "ffmpeg-net") if s in args.sides]
+    gw: Gateway | None = None
+    if "gateway" in sides:
+        extra = "".join(f"{line}\n" for line in args.gateway_set)
+        cfg, _ = write_gateway_config(scratch, args.video_bitrate, extra)
+        gw = Gateway(procs, scratch, cfg, args.gateway_cpus)
+        gw.start()
+        say(f"== gateway pid {gw.proc.pid if gw.proc else '?'}"
+            f"{' on CPUs ' + args.gateway_cpus if args.gateway_cpus else ' (all CPUs)'}; log {gw.log}")
+    for side, io in (("ffmpeg", "file"), ("ffmpeg-net", "net")):
+        if side in sides:
+            example = ffmpeg_cmd(clip, args, *((1935, 9000) if io == "net" else ()))
+            say(f"== FFmpeg CLI ({io}): {' '.join(example)}" + ("  (ports per transcode)" if io == "net" else ""))
+    try:
+        import uvloop  # the bench's viewers are cheap either way; uvloop only trims noise
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    stopped: set[str] = set()
+    try:
+        for i, n in enumerate(args.levels):
+            order = sides[i % len(sides):] + sides[:i % len(sides)] if sides else []
+            for side in order:
+                if side in stopped:
+                    continue
+                say(f"  {side} N={n} ...")
+                verdict = "ERROR"
+                if side == "gateway":
+                    assert gw is not None
+                    if not gw.alive():
+                        gw_rows.append(GwLevel(n, notes=["gateway exited"]))
+                        stopped.add(side)
+                        continue
+                    timeout = args.warmup + args.duration + 60
+                    grow = runner(asyncio.wait_for(gateway_level(gw, procs, clip, n, args), timeout))
+                    gw_rows.append(grow)
+                    say_gateway(grow)
+                    verdict = grow.verdict
+                else:
+                    frow = ffmpeg_level(procs, clip, n, args, scratch, "net" if side == "ffmpeg-net" else "file")
+                    ff_rows.append(frow)
+                    say_ffmpeg(frow)
+                    verdict = frow.verdict
+                if verdict != "PASS" and not args.keep_going:
+                    stopped.add(side)
+                time.sleep(args.pause)
+            if stopped >= set(sides):
+                break
+    finally:
+        if gw is not None and gw.proc is not None:
+            procs.stop(gw.proc, grace=5.0)
 
 
 # =========================================================================== in-process steps
@@ -942,17 +973,7 @@ def main(argv: list[str] | None = None) -> int:
             say("in-process steps (audio throughput, video step probe) ...")
             audio = audio_throughput(paths, args.audio_reps)
             probe = video_step_probe(paths["clip"], args.probe_frames, args.video_bitrate)
-        if "gateway" in args.sides:
-            try:
-                import uvloop  # the bench's viewers are cheap either way; uvloop only trims noise
-
-                runner = uvloop.run
-            except ImportError:
-                runner = asyncio.run
-            runner(run_gateway_ladder(procs, scratch, paths["clip"], args, gw_rows))
-        for side, io in (("ffmpeg", "file"), ("ffmpeg-net", "net")):
-            if side in args.sides:
-                run_ffmpeg_ladder(procs, scratch, paths["clip"], args, ff_rows, io)
+        run_ladder(procs, scratch, paths["clip"], args, gw_rows, ff_rows)
         ok = True
     except KeyboardInterrupt:
         say("interrupted; cleaning up")

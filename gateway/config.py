@@ -29,12 +29,12 @@ class Config:
     matrix_dir: str = ""  # empty: the matrix shipped with the gateway
     limits: Limits = field(default_factory=Limits)
     max_message_size: int = 16 << 20  # largest RTMP message accepted from a peer
-    # Where transcode steps run: -1 one worker process per 4 CPUs, 0 threads in the gateway
+    # Where transcode steps run: -1 one worker process per CPU, 0 threads in the gateway
     # process (GIL-bound: several times the latency under load), N that many processes.
     transcode_processes: int = -1
-    # Codec threads per transcode process: -1 so that there is one per CPU in all. Threads of
-    # one process share its work, so a core the event loop leaves idle is used by any variant.
-    transcode_threads: int = -1
+    # Codec threads per transcode process. More than 1 lets a process use a core another one
+    # leaves idle; on 2 CPUs it measured no better than the default (see transcode/pool.py).
+    transcode_threads: int = 1
     # Start the transcode processes with the gateway instead of with the first transcode: that
     # transcode then starts ~0.3 s sooner, at ~45 MB RSS per process while none is needed.
     transcode_prestart: bool = False

@@ -214,14 +214,6 @@ def test_codec_threads_of_one_process_share_its_steps(media) -> None:
     _run(main)
 
 
-def test_default_pool_size_follows_the_cpus(monkeypatch) -> None:
-    monkeypatch.setattr(pool_mod, "cpus", lambda: 2)
-    assert (pool_mod.default_processes(), pool_mod.default_threads(1)) == (1, 2)
-    monkeypatch.setattr(pool_mod, "cpus", lambda: 16)
-    assert (pool_mod.default_processes(), pool_mod.default_threads(4)) == (4, 4)
-    assert pool_mod.default_threads(3) == 6 and pool_mod.default_threads(32) == 1
-
-
 def test_in_flight_bound_drops_video_until_keyframe(media, caplog) -> None:
     vt, vframes = media["video"]
     at, aframes = media["audio"]
@@ -413,7 +405,7 @@ def test_audio_overtakes_queued_video_of_other_steps(media) -> None:
     at, aframes = media["audio"]
 
     async def main() -> None:
-        p = pool_mod.get_pool(1)
+        p = pool_mod.get_pool(1, 1)  # one codec thread: the order alone decides
         done: list[str] = []
         v = p.open("v", _transcode(media, "video"), vt, lambda fs: done.append("video"), 200)
         a = p.open("a", _transcode(media, "audio"), at, lambda fs: done.append("audio"), 200)

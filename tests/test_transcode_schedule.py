@@ -69,4 +69,5 @@ def test_a_busy_step_is_skipped_and_each_step_keeps_its_order() -> None:
     assert take({1, 2, 3}) is None
     assert take({2}) == (F, 1, b"1")  # then the oldest of step 1, in its order
     assert take({1}) == (F, 2, b"1")
+    assert work.oldest(set()) == 0.0 and work.oldest({1, 2}) is None
     assert [take(set()) for _ in range(3)] == [(F, 1, b"2"), (F, 2, b"2"), None]

@@ -3,9 +3,9 @@
 Why processes: with one thread per step, the event loop and the Python parts of every step share
 one GIL, and each re-acquisition after a codec call can wait a whole switch interval; latency then
 grows with the number of variants although the codecs themselves are cheap. Here the gateway
-process only moves bytes: a step lives in one of K child processes (default: one per four CPUs,
-each hosting many steps with one codec thread per CPU; a variant's steps share the least loaded
-process) and the parent talks to it over a socket pair with a compact framing:
+process only moves bytes: a step lives in one of K child processes (default: one per CPU, each
+hosting many steps; a variant's steps share the least loaded one) and the parent talks to it over
+a socket pair with a compact framing:
 
 * to the child: ``open(step, kind, transcode, source track)``, ``track(step, id, Track)`` (once per new
   input ``Track`` object), ``frame(step, track id, pts, dts, time base, key, data)``,
@@ -56,8 +56,7 @@ from .. import planner
 from ..media import Frame, Track
 from .step import COUNTERS, Admission, Timings
 
-__all__ = ["Pool", "PoolStep", "cpus", "default_processes", "default_threads", "get_pool",
-           "shutdown"]
+__all__ = ["Pool", "PoolStep", "cpus", "default_processes", "get_pool", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,7 @@ WEIGHT = {"video": 1.0, "audio": 0.1}
 _SOCKET_BUFFER = 4 << 20  # a few hundred frames in the kernel before the parent buffers
 _READ_SIZE = 1 << 20
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
+HELP_AFTER = 0.010  # s a message may wait for the first codec thread before a helper is woken
 
 
 class _Reader:
@@ -192,6 +192,11 @@ class _Schedule:
         else:
             self.fifo.append((kind, sid, buf, start, end, received))
 
+    def oldest(self, busy: set[int]) -> float | None:
+        """When the oldest message ``take(busy)`` could return arrived (None: there is none)."""
+        times = [m[5] for q in (self.fast, self.fifo) for m in q if m[1] not in busy]
+        return min(times) if times else None
+
     def take(self, busy: set[int] | frozenset[int] = frozenset()) -> _Msg | None:
         """The next message whose step no other thread is coding (a step's order is kept:
         its oldest message is the first of its id in its queue), or None."""
@@ -210,15 +215,19 @@ class _Schedule:
 def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
     """Entry point of a worker process: serve steps until the parent closes the socket.
 
-    ``threads`` codec threads share the work (PyAV releases the GIL while coding). Why more than
-    one: a process then uses a second core's idle time when its own core is shared with the
-    gateway's event loop, so the processes' loads even out without moving steps between them.
-    A step is only ever coded by one thread at a time. The threads read the socket themselves
-    (a leader/follower pattern): one with nothing to do blocks in ``recv``, and one that
-    finishes a piece of work first looks for new input without blocking. Why not a reader
-    thread: it would sit in ``recv`` all the time, so every send from the gateway would wake
-    it (a context switch, in a VM often an inter-processor interrupt); this way a busy process
-    costs the gateway's sends no wake-up at all.
+    ``threads`` codec threads share the work (PyAV releases the GIL while coding), a step on
+    one thread at a time. Default one (``Config.transcode_threads``): more lets a process use a
+    core another process leaves idle, but on the 2-CPU test VM that measured no better at
+    saturation than one single-threaded process per CPU (A/B at 14 and 15 variants, within
+    the VM's noise).
+
+    The first thread reads the socket, without blocking between two pieces of work and
+    blocking when it has nothing to do; an awake helper also looks for input between two
+    pieces of work, never blocking. The first thread wakes a helper only for a backlog (work
+    waiting longer than ``HELP_AFTER``). Why: a wake-up costs tens of microseconds here (a
+    context switch; in a VM often an inter-processor interrupt); a helper waiting in ``recv``
+    or woken whenever two messages waited measured ~2000 switches a second at six variants
+    instead of 165, and 15-17% more CPU.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the gateway's to handle
     send_lock = threading.Lock()  # codec threads, and the log handler from codec callbacks
@@ -245,13 +254,13 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
     cond = threading.Condition()
     busy: set[int] = set()  # steps a codec thread is working on
     reading = threading.Lock()  # the socket's read side and ``buf``
-    state = {"closed": False, "blocked": False}  # "blocked": a thread waits in recv
+    state = {"closed": False, "idle": 0}  # "idle": helpers waiting for work
     buf = b""
     reader = _Reader()
     sent = [COUNTERS.snapshot()]
 
     def receive(block: bool) -> None:
-        """Queue what the parent sent (caller holds ``reading``); closed socket -> closed."""
+        """Queue what the parent sent (caller holds ``reading``); a closed socket ends the process."""
         nonlocal buf
         try:
             data = reader.recv(sock, 0 if block else socket.MSG_DONTWAIT)
@@ -270,8 +279,6 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
             for kind, sid, start, end in msgs:
                 work.add(kind, sid, buf, start, end, now)
             buf = buf[used:]
-            if len(msgs) > 1:
-                cond.notify(len(msgs) - 1)  # this thread takes one itself
 
     def send_out(out: list[bytes]) -> None:
         with send_lock:
@@ -283,12 +290,13 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
             if out:
                 sock.sendall(b"".join(out))
 
-    def code() -> None:
+    def code(first: bool) -> None:
         try:
             while True:
                 # between two pieces of work, look for new input: audio that arrived while a
-                # video frame was coding goes before the video frames already waiting
-                if reading.acquire(blocking=False):
+                # video frame was coding goes before the video frames already waiting (a helper
+                # skips this while the first thread waits in recv)
+                if reading.acquire(blocking=first):
                     try:
                         receive(block=False)
                     finally:
@@ -298,21 +306,20 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
                         if state["closed"]:
                             return
                         msg = work.take(busy)
-                        if msg is not None:
-                            busy.add(msg[1])
+                        if msg is not None or first:
                             break
-                        if not state["blocked"]:
-                            state["blocked"] = True
-                            break
+                        state["idle"] += 1
                         cond.wait()
-                if msg is None:  # nothing to do and nobody reading: wait for the parent
+                        state["idle"] -= 1
+                    if msg is not None:
+                        busy.add(msg[1])
+                        if first and state["idle"]:
+                            since = work.oldest(busy)
+                            if since is not None and time.perf_counter() - since > HELP_AFTER:
+                                cond.notify()  # a backlog this thread alone is not clearing
+                if msg is None:  # the first thread, with nothing to do: wait for the parent
                     with reading:
-                        try:
-                            receive(block=True)
-                        finally:
-                            with cond:
-                                state["blocked"] = False
-                                cond.notify()  # a waiting thread may take over the reading
+                        receive(block=True)
                     continue
                 kind, sid, mbuf, start, end, received = msg
                 try:
@@ -327,12 +334,12 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
                 state["closed"] = True
                 cond.notify_all()
 
-    helpers = [threading.Thread(target=code, name=f"codec-{i}", daemon=True)
+    helpers = [threading.Thread(target=code, args=(False,), name=f"codec-{i}", daemon=True)
                for i in range(1, max(1, threads))]
     for t in helpers:
         t.start()
     try:
-        code()
+        code(True)
     finally:
         for t in helpers:
             t.join()
@@ -809,13 +816,6 @@ class Pool:
 
 
 _POOLS: dict[asyncio.AbstractEventLoop, Pool] = {}
-#: CPUs served by one worker process by default. Why not one process per CPU: each process
-#: then owns a fixed share of the steps, and the one whose core also runs the event loop falls
-#: behind while the other idles; threads of one process share all its work and go wherever a
-#: core is free (at 15 variants on 2 cores: p99 0.3-0.6 s instead of 1.4-2.5 s, and 29-31 fps
-#: instead of 26-28). Why not one process for all CPUs: the steps' Python parts share that
-#: process's GIL, about 0.1 ms per frame, which four cores' worth of variants stays well under.
-CPUS_PER_PROCESS = 4
 _POOLS_LOCK = threading.Lock()
 
 
@@ -828,19 +828,14 @@ def cpus() -> int:
 
 
 def default_processes() -> int:
-    """One process per ``CPUS_PER_PROCESS`` CPUs, at least one."""
-    return -(-cpus() // CPUS_PER_PROCESS)
+    """One per CPU: with one codec thread each, the processes can use every core."""
+    return cpus()
 
 
-def default_threads(processes: int) -> int:
-    """Codec threads per process so that all processes together have one per CPU."""
-    return max(1, -(-cpus() // max(1, processes)))
-
-
-def get_pool(processes: int = -1, threads: int = -1) -> Pool:
-    """The pool of the running loop, started on first use with ``processes`` (< 1: see
-    ``default_processes``) of ``threads`` codec threads each (< 1: ``default_threads``). Its
-    size is fixed until ``shutdown()``; pools of loops that have closed are stopped."""
+def get_pool(processes: int = -1, threads: int = 1) -> Pool:
+    """The pool of the running loop, started on first use with ``processes`` (< 1: one per
+    CPU) of ``threads`` codec threads each. Its size is fixed until ``shutdown()``; pools of
+    loops that have closed are stopped."""
     loop = asyncio.get_running_loop()
     with _POOLS_LOCK:
         pool = _POOLS.get(loop)
@@ -851,8 +846,7 @@ def get_pool(processes: int = -1, threads: int = -1) -> Pool:
             del _POOLS[p.loop]
     for p in stale:
         p.shutdown()
-    processes = processes if processes > 0 else default_processes()
-    pool = Pool(processes, loop, threads if threads > 0 else default_threads(processes))
+    pool = Pool(processes if processes > 0 else default_processes(), loop, threads)
     with _POOLS_LOCK:
         _POOLS[loop] = pool
     return pool

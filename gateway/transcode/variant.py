@@ -34,14 +34,13 @@ StepFactory = Callable[[planner.Transcode, Track], Step]
 HOLD_AUDIO_FRAMES = 500  # ~10 s of audio held while the first video keyframe is coded
 QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step is behind
 
-#: Where steps run: < 0 the pool's default (``pool.default_processes``), 0 threads in this
-#: process, N > 0 processes.
+#: Where steps run: < 0 one worker process per CPU, 0 threads in this process, N > 0 processes.
 #: Set by the composition root from ``Config.transcode_processes`` (see ``configure``).
 _processes: int = -1
-_threads: int = -1  # codec threads per process; < 1: one per CPU over all processes
+_threads: int = 1  # codec threads per process
 
 
-def configure(*, processes: int, threads: int = -1) -> None:
+def configure(*, processes: int, threads: int = 1) -> None:
     """Choose where new variants run their steps; variants already running keep theirs."""
     global _processes, _threads
     _processes, _threads = processes, threads
