@@ -132,17 +132,15 @@ class Clip:
             if not body:
                 continue
             if tag.tag_type == VIDEO:
-                if (body[0] & 0x0F) == flv.VIDEO_CODEC_AVC and len(body) >= 2:
-                    if body[1] == flv.AVC_SEQUENCE_HEADER:
-                        if avc_hdr is None:
-                            avc_hdr = body
-                            continue
-                    elif body[1] == flv.AVC_END_OF_SEQUENCE:
-                        continue  # the muxer's trailer; mid-loop it would end the decoder's stream
-                keys.append((body[0] >> 4) == flv.FRAME_KEY)
+                v = flv.parse_video_body(body)
+                if v.is_avc_sequence_header and avc_hdr is None:
+                    avc_hdr = body
+                    continue
+                if v.avc_packet_type == flv.AVC_END_OF_SEQUENCE:
+                    continue  # the muxer's trailer; mid-loop it would end the decoder's stream
+                keys.append(v.keyframe)
             elif tag.tag_type == AUDIO:
-                if (body[0] >> 4) == flv.SOUND_FORMAT_AAC and len(body) >= 2 \
-                        and body[1] == flv.AAC_SEQUENCE_HEADER and aac_hdr is None:
+                if flv.parse_audio_body(body).is_aac_sequence_header and aac_hdr is None:
                     aac_hdr = body
                     continue
                 keys.append(False)

@@ -298,6 +298,14 @@ def variant_of(stream: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
+def rtmppub_cmd(clip: Path, url: str, names: list[str], args: argparse.Namespace,
+                ports: list[int] | None = None) -> list[str]:
+    """``bench/rtmppub.py`` publishing ``clip`` as url/name for each name (``ports``: one per name)."""
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "rtmppub.py"), "--clip", str(clip),
+           "--url", url, "--names", ",".join(names), "--tick", str(args.pub_tick)]  # fmt: skip
+    return cmd + ["--ports", ",".join(map(str, ports))] if ports else cmd
+
+
 async def gateway_level(gw: Gateway, procs: ProcessGroup, clip: Path, n: int,
                         args: argparse.Namespace) -> GwLevel:
     """N publishers + N jsmpeg viewers for warmup + duration s; the gateway's figures in the window."""
@@ -317,9 +325,7 @@ async def gateway_level(gw: Gateway, procs: ProcessGroup, clip: Path, n: int,
                            "-1", "-i", str(clip), "-c", "copy", "-f", "flv", gw.url(name, "rtmp")]  # fmt: skip
                     pubs.append(procs.start(cmd, stderr=publog))
             else:  # one lean process for all N streams (bench/rtmppub.py)
-                base = gw.url(names[0], "rtmp").rsplit("/", 1)[0]
-                cmd = [sys.executable, str(Path(__file__).resolve().parent / "rtmppub.py"), "--clip", str(clip),
-                       "--url", base, "--names", ",".join(names), "--tick", str(args.pub_tick)]  # fmt: skip
+                cmd = rtmppub_cmd(clip, gw.url(names[0], "rtmp").rsplit("/", 1)[0], names, args)
                 pubs.append(procs.start(cmd, stderr=publog, stdout=subprocess.DEVNULL))
             # a viewer joins as soon as its stream has both tracks: the variant then starts with an
             # almost empty GOP cache, so its latency window is not dominated by a start-up burst
@@ -565,9 +571,7 @@ def ffmpeg_level(procs: ProcessGroup, clip: Path, n: int, args: argparse.Namespa
             threading.Thread(target=reader, args=(i, p), daemon=True).start()
         if sinks:  # the gateway side's publisher, one RTMP server (an ffmpeg) per stream
             time.sleep(0.3)  # no probe connect: `-listen 1` takes the first one and exits; rtmppub retries
-            cmd = [sys.executable, str(Path(__file__).resolve().parent / "rtmppub.py"), "--clip", str(clip),
-                   "--url", f"rtmp://127.0.0.1:{ports[0]}/live", "--names", ",".join(names),
-                   "--ports", ",".join(map(str, ports)), "--tick", str(args.pub_tick)]  # fmt: skip
+            cmd = rtmppub_cmd(clip, f"rtmp://127.0.0.1:{ports[0]}/live", names, args, ports)
             pubs.append(procs.start(cmd, stderr=errlog, stdout=subprocess.DEVNULL))
             deadline = time.monotonic() + 20  # FFmpeg probes the input before it writes anything
             while time.monotonic() < deadline and not all(progress):

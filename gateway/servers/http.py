@@ -17,10 +17,10 @@ from aiohttp import WSMsgType, web
 from ..context import Context
 from ..hub.fanout import Limits, Viewer, http_chunk, ws_binary
 from ..hub.stream import HubError, Stream
-from ..transcode.variant import Variant, media_for
 from ..outputs.base import Output
 from ..outputs.flv import FlvOutput
 from ..static import asset_candidates, find_asset
+from ..transcode.variant import Variant, media_for
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,8 @@ def _created(request: web.Request, session: PeerSession, answer: str) -> web.Res
                                  "Accept-Patch": SDPFRAG})
 
 
-async def _negotiate(request: web.Request, role: str, make: Callable[[], Awaitable[tuple[PeerSession, sdp.Offer]]]) -> web.Response:
+async def _negotiate(request: web.Request, role: str,
+                     make: Callable[[], Awaitable[tuple[PeerSession, sdp.Offer]]]) -> web.Response:
     """The shared WHIP/WHEP POST: build the session, answer the offer, 201 or a 4xx with reason."""
     try:
         session, offer = await make()

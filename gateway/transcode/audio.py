@@ -50,7 +50,6 @@ _ENCODER_DELAY: Final[dict[str, int]] = {"aac": 1024, "mp2": 481}
 #: Largest forward timestamp gap bridged with silence; beyond it the timeline is re-anchored.
 MAX_FILL: Final[Fraction] = Fraction(1)
 _SAMPLE_FORMATS: Final[tuple[str, ...]] = ("fltp", "flt", "s16p", "s16")
-_FFMPEG_ERRORS: Final = FFMPEG_ERRORS
 
 
 _LAYOUTS: Final[dict[int, str]] = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1",
@@ -220,7 +219,7 @@ class AudioTranscoder(CodecStep):
                 if track.codec not in DECODERS:
                     raise ValueError(f"cannot decode audio codec {track.codec!r}")
                 self._open_decoder(track, frame.time_base)
-            except (*_FFMPEG_ERRORS, AacError) as e:
+            except (*FFMPEG_ERRORS, AacError) as e:
                 self._bad_track = track
                 self._error("cannot open the %s decoder: %s", track.codec, e)
                 return []
@@ -232,7 +231,6 @@ class AudioTranscoder(CodecStep):
         packet.pts = packet.dts = pts
         packet.time_base = tb
         return self._decode_packet(packet)
-
 
     # -- timeline and resampling -------------------------------------------------------------
 
@@ -386,4 +384,3 @@ class AudioTranscoder(CodecStep):
         self._res_r0 = self._res_in = self._written = self._fed = 0
         self._end_r = None
         self._seg_r, self._seg_pts = [], []
-

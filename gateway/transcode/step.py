@@ -181,27 +181,25 @@ class CodecStep:
     log = logging.getLogger(__name__)
 
     def _decode_packet(self, packet: av.Packet | None) -> list[Any]:
+        """Decode one packet (None drains); no decoder yet, or an error: nothing."""
         if self._dec is None:
             return []
-        try:
-            frames: list[Any] = self._dec.decode(packet)
-        except FFMPEG_ERRORS as e:
-            self._error("%s decode error: %s", self._dec.name, e)
-            return []
-        if frames:
-            COUNTERS.add(frames_decoded=len(frames))
-        return frames
+        return self._code(self._dec, "decode", packet, "frames_decoded")
 
     def _encode_packets(self, frame: Any) -> list[av.Packet]:
-        """Encode one frame (None flushes), counting packets; errors are logged and skipped."""
+        """Encode one frame (None flushes)."""
+        return self._code(self._enc, "encode", frame, "frames_encoded")
+
+    def _code(self, ctx: Any, verb: str, item: Any, counter: str) -> list[Any]:
+        """One codec call, counted; an FFmpeg error is logged (rate-limited) and skipped."""
         try:
-            packets: list[av.Packet] = self._enc.encode(frame)
+            out: list[Any] = getattr(ctx, verb)(item)
         except FFMPEG_ERRORS as e:
-            self._error("%s encode error: %s", self._enc.name, e)
+            self._error("%s %s error: %s", ctx.name, verb, e)
             return []
-        if packets:
-            COUNTERS.add(frames_encoded=len(packets))
-        return packets
+        if out:
+            COUNTERS.add(**{counter: len(out)})
+        return out
 
     def _error(self, msg: str, *args: object) -> None:
         """Count and log, rate-limited: a broken source must not flood the log."""

@@ -210,8 +210,8 @@ class Variant(Stream):
         limit = QUEUE_FRAMES.get(tp.kind, 100)
         if _processes != 0 and self._factory is _default_factory:
             try:
-                return pool.get_pool(_processes, _threads).open(name, tp, track, self._deliver, limit,
-                                                      group=self)
+                return pool.get_pool(_processes, _threads).open(
+                    name, tp, track, self._deliver, limit, group=self)
             except Exception:  # a transcode in a thread beats no transcode
                 log.exception("%s: cannot use the transcode pool; using a thread", name)
         return Worker(name, tp, track, self._factory, self._deliver, self._loop)

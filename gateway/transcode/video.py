@@ -54,7 +54,6 @@ MPEG1_RATES: Final[tuple[Fraction, ...]] = (
 )
 _SEQUENCE_HEADER: Final = b"\x00\x00\x01\xb3"
 _DROP_NALS: Final = frozenset({h264.NAL_SPS, h264.NAL_PPS, h264.NAL_AUD})
-_FFMPEG_ERRORS: Final = FFMPEG_ERRORS
 _X264_PROFILES: Final[dict[str, str]] = {
     "baseline": "baseline", "constrained-baseline": "baseline", "main": "main",
     "high": "high", "constrained-high": "high", "progressive-high": "high",
@@ -162,7 +161,7 @@ class VideoTranscoder(CodecStep):
                 if track.codec not in DECODERS:
                     raise ValueError(f"cannot decode video codec {track.codec!r}")
                 self._open_decoder(track, frame.time_base)
-            except (*_FFMPEG_ERRORS, h264.H264Error) as e:
+            except (*FFMPEG_ERRORS, h264.H264Error) as e:
                 self._bad_track = track  # don't retry (and log) on every frame of this track
                 self._error("cannot open the %s decoder: %s", track.codec, e)
                 return out
@@ -248,7 +247,6 @@ class VideoTranscoder(CodecStep):
         COUNTERS.add(decoders_opened=1)
         self._dec, self._dec_track, self._dec_tb = ctx, track, time_base
 
-
     # -- encoding ---------------------------------------------------------------------------
 
     def _open_encoder(self, first: VideoFrame) -> None:
@@ -309,7 +307,7 @@ class VideoTranscoder(CodecStep):
             if self._enc is None:
                 try:
                     self._open_encoder(vf)
-                except (*_FFMPEG_ERRORS, h264.H264Error, IndexError) as e:
+                except (*FFMPEG_ERRORS, h264.H264Error, IndexError) as e:
                     self._error("cannot open the %s encoder: %s", ENCODERS[self.to_codec], e)
                     return []
             out_tb = self._out_tb or self._enc_tb
@@ -369,4 +367,3 @@ class VideoTranscoder(CodecStep):
         self._need_key = True
         self._pending.clear()
         self._last_pts = None
-
