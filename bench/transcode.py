@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
@@ -262,7 +264,12 @@ class Gateway:
 
 
 class Viewer:
-    """A jsmpeg WebSocket viewer that only counts bytes (what one browser tab would pull)."""
+    """A jsmpeg WebSocket viewer that only counts bytes (what one browser tab would pull).
+
+    After the HTTP upgrade it reads raw bytes and does not parse WebSocket frames, like the
+    ``Sinks`` that read the FFmpeg CLI's TS: the harness's own cost, which shares the
+    machine with the side under test, stays the same small one on both sides.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -271,12 +278,42 @@ class Viewer:
         self.task: asyncio.Task[None] | None = None
 
     async def run(self, session: Any) -> None:
+        u = urlsplit(self.url)
+        key = base64.b64encode(os.urandom(16)).decode()
+        done = asyncio.get_running_loop().create_future()
+        viewer = self
+
+        class Counting(asyncio.Protocol):
+            head = b""
+
+            def data_received(self, data: bytes) -> None:
+                if self.head is not None:
+                    self.head += data
+                    end = self.head.find(b"\r\n\r\n")
+                    if end < 0:
+                        return
+                    if not self.head.startswith(b"HTTP/1.1 101"):
+                        viewer.closed = self.head.split(b"\r\n", 1)[0].decode(errors="replace")
+                        transport.close()
+                        return
+                    data, self.head = self.head[end + 4:], None
+                viewer.bytes += len(data)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if not done.done():
+                    done.set_result(exc)
+
         try:
-            async with session.ws_connect(self.url, max_msg_size=0, compress=0, autoping=True) as ws:
-                async for msg in ws:
-                    if isinstance(msg.data, (bytes, bytearray)):
-                        self.bytes += len(msg.data)
-                self.closed = f"closed by server ({ws.close_code})"
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                Counting, u.hostname, u.port)
+            transport.write((f"GET {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
+                             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                             "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            try:
+                exc = await done
+            finally:
+                transport.close()
+            self.closed = self.closed or f"closed by server ({exc or 'EOF'})"
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure just marks this viewer dead

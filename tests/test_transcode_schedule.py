@@ -32,6 +32,32 @@ def test_audio_steps_go_first_other_work_in_arrival_order() -> None:
         (O, 2), (C, 2), (F, 1), (F, 2)]
 
 
+def test_audio_results_ride_with_the_next_video_result() -> None:
+    sends: list[list[bytes]] = []
+    held = pool_mod._Held(sends.append, coalesce=True)
+    held.add([b"a1"], fast=True)
+    held.add([], fast=True)  # e.g. an audio track message: nothing to send
+    held.add([b"a2"], fast=True)
+    assert sends == [] and held
+    held.add([b"v1", b"v1-data"], fast=False)  # a video result: one send, in coding order
+    assert sends == [[b"a1", b"a2", b"v1", b"v1-data"]] and not held
+    held.add([b"a3"], fast=True)
+    held.flush()  # the thread has nothing else to do: nothing waits for a video frame
+    assert sends[-1] == [b"a3"]
+    held.flush()
+    assert len(sends) == 2  # nothing held, nothing sent
+    held.add([b"a4"], fast=True)
+    held._since -= pool_mod.HOLD_MAX * 2  # held long enough: the next add sends
+    held.add([b"a5"], fast=True)
+    assert sends[-1] == [b"a4", b"a5"]
+    # codec threads that share steps send every result at once (no overtaking)
+    solo: list[list[bytes]] = []
+    threaded = pool_mod._Held(solo.append, coalesce=False)
+    threaded.add([b"a1"], fast=True)
+    threaded.add([b"v1"], fast=False)
+    assert solo == [[b"a1"], [b"v1"]]
+
+
 def test_latency_histogram_gives_window_percentiles() -> None:
     lat = Latency(recent=10)
     for ms in [500.0] * 50:  # a slow start ...

@@ -13,7 +13,8 @@ a socket pair with a compact framing:
 * back: ``result(step, [frame...])`` once per input frame (empty when the step had nothing ready:
   it is also the acknowledgement that bounds the frames in flight), ``track(step, id, Track)``
   before the first frame of each output track, ``counters(deltas)``, ``error(step, text)``,
-  ``closed(step)`` and ``log(level, logger, text)``.
+  ``closed(step)`` and ``log(level, logger, text)``. A busy child sends an audio step's results
+  together with the next video result (``_Held``): one wake-up of the gateway, not two.
 
 Headers are ``struct``-packed and payloads are the frames' own bytes (``sendmsg`` scatter, no
 copy); only ``Track``/``Transcode`` descriptions are pickled, and only when they change, so the
@@ -85,6 +86,7 @@ _SOCKET_BUFFER = 4 << 20  # a few hundred frames in the kernel before the parent
 _READ_SIZE = 1 << 20
 _IOV_MAX = 512  # buffers per sendmsg (Linux allows 1024)
 HELP_AFTER = 0.010  # s a message may wait for the first codec thread before a helper is woken
+HOLD_MAX = 0.005  # s an audio step's results may wait for other results to share their send
 
 
 class _Reader:
@@ -163,6 +165,43 @@ class _ChildStep:
 _Msg = tuple[int, int, bytes, int, int, float]  # type, step, buffer, payload start, end, received
 
 
+class _Held:
+    """One codec thread's results not sent yet: an audio step's results ride with the next
+    other result, so a busy process sends (and wakes the gateway) once per video frame instead
+    of once per frame of any kind. A fast result waits at most ``HOLD_MAX`` plus one video
+    frame's coding; an idle thread sends at once (``flush`` before it waits).
+
+    Only with one codec thread (``coalesce``): with helpers a step's next frame may code on
+    another thread, whose results must not overtake the held ones.
+    """
+
+    __slots__ = ("_parts", "_send", "_since", "coalesce")
+
+    def __init__(self, send: Callable[[list[bytes]], None], coalesce: bool) -> None:
+        self._send = send
+        self.coalesce = coalesce
+        self._parts: list[bytes] = []
+        self._since = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, parts: list[bytes], fast: bool) -> None:
+        """Results of one message of an audio (``fast``) or other step."""
+        if parts:
+            if not self._parts:
+                self._since = time.perf_counter()
+            self._parts += parts
+        if self._parts and (not self.coalesce or not fast
+                            or time.perf_counter() - self._since > HOLD_MAX):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._parts:
+            parts, self._parts = self._parts, []
+            self._send(parts)
+
+
 class _Schedule:
     """The child's order of work: audio steps first, everything else in arrival order.
 
@@ -191,6 +230,10 @@ class _Schedule:
                 self._audio.discard(sid)
         else:
             self.fifo.append((kind, sid, buf, start, end, received))
+
+    def is_fast(self, sid: int) -> bool:
+        """Whether ``sid`` is an audio step (its frames code in a tenth of a millisecond)."""
+        return sid in self._audio
 
     def oldest(self, busy: set[int]) -> float | None:
         """When the oldest message ``take(busy)`` could return arrived (None: there is none)."""
@@ -291,6 +334,7 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
                 sock.sendall(b"".join(out))
 
     def code(first: bool) -> None:
+        held = _Held(send_out, coalesce=threads == 1)
         try:
             while True:
                 # between two pieces of work, look for new input: audio that arrived while a
@@ -306,7 +350,7 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
                         if state["closed"]:
                             return
                         msg = work.take(busy)
-                        if msg is not None or first:
+                        if msg is not None or first or held:
                             break
                         state["idle"] += 1
                         cond.wait()
@@ -317,16 +361,19 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
                             since = work.oldest(busy)
                             if since is not None and time.perf_counter() - since > HELP_AFTER:
                                 cond.notify()  # a backlog this thread alone is not clearing
-                if msg is None:  # the first thread, with nothing to do: wait for the parent
-                    with reading:
-                        receive(block=True)
+                if msg is None:  # nothing to do: what is held goes now, then wait for the parent
+                    held.flush()
+                    if first:
+                        with reading:
+                            receive(block=True)
                     continue
                 kind, sid, mbuf, start, end, received = msg
                 try:
-                    send_out(_child_handle(kind, sid, mbuf, start, end, steps, make_step, received))
+                    out = _child_handle(kind, sid, mbuf, start, end, steps, make_step, received)
                 finally:
                     with cond:
                         busy.discard(sid)
+                held.add(out, fast=work.is_fast(sid))
         except OSError:  # e.g. BrokenPipeError: the gateway went away
             pass
         finally:
