@@ -277,7 +277,7 @@ class Viewer:
         self.closed: str | None = None
         self.task: asyncio.Task[None] | None = None
 
-    async def run(self, session: Any) -> None:
+    async def run(self) -> None:
         u = urlsplit(self.url)
         key = base64.b64encode(os.urandom(16)).decode()
         done = asyncio.get_running_loop().create_future()
@@ -376,7 +376,7 @@ async def gateway_level(gw: Gateway, procs: ProcessGroup, clip: Path, n: int,
                     s = streams.get(name)
                     if name not in viewers and s and {"video", "audio"} <= set(s.get("tracks", {})):
                         v = viewers[name] = Viewer(gw.url(name, "ws"))
-                        v.task = asyncio.create_task(v.run(session))
+                        v.task = asyncio.create_task(v.run())
                 await asyncio.sleep(0.05)
             if len(viewers) < n:
                 row.notes.append(f"only {len(viewers)}/{n} streams came up")
@@ -546,11 +546,10 @@ def ffmpeg_cmd(clip: Path, args: argparse.Namespace, rtmp_port: int = 0, sink_po
 
 
 class Sinks:
-    """TCP readers that count and discard what FFmpeg sends (``io="net"``): the gateway's viewers' twin."""
+    """TCP readers that discard what FFmpeg sends (``io="net"``): the gateway's viewers' twin."""
 
     def __init__(self, n: int) -> None:
         self.listeners: list[socket.socket] = []
-        self.bytes = [0] * n
         for _ in range(n):
             ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             ls.bind(("127.0.0.1", 0))
@@ -566,8 +565,8 @@ class Sinks:
         except OSError:
             return
         with conn:
-            while data := conn.recv(1 << 16):
-                self.bytes[i] += len(data)
+            while conn.recv(1 << 16):
+                pass
 
     def close(self) -> None:
         for ls in self.listeners:

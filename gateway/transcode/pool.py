@@ -57,7 +57,7 @@ from .. import planner
 from ..media import Frame, Track
 from .step import COUNTERS, Admission, Timings
 
-__all__ = ["Pool", "PoolStep", "cpus", "default_processes", "get_pool", "shutdown"]
+__all__ = ["Pool", "PoolStep", "default_processes", "get_pool", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -866,17 +866,13 @@ _POOLS: dict[asyncio.AbstractEventLoop, Pool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def cpus() -> int:
-    """CPUs this process may run on (``taskset`` and cgroups included)."""
+def default_processes() -> int:
+    """One per CPU this process may run on (``taskset`` and cgroups included): with one codec
+    thread each, the processes can use every core."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def default_processes() -> int:
-    """One per CPU: with one codec thread each, the processes can use every core."""
-    return cpus()
 
 
 def get_pool(processes: int = -1, threads: int = 1) -> Pool:
