@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -99,9 +100,38 @@ def pinned(cmd: Sequence[str], cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu), *cmd]
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A currently unused TCP port on loopback (small race accepted: bench only)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A currently unused TCP port on loopback, for a program the bench starts to listen on.
+
+    Outside the kernel's ephemeral range: a port from inside it (what ``bind(0)`` gives) can be
+    taken by any outgoing connection before the program binds it. Seen with 14 ``ffmpeg -listen``
+    servers while the publisher connected to the others ("Address already in use").
+    """
+    lo, hi = _ephemeral_range()
+    first, last = (10_000, lo - 1) if lo > 11_000 else (hi + 1, 65_535)
+    for _ in range(200):
+        port = random.randint(first, last)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # crowded: any port will do
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
