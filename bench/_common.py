@@ -120,7 +120,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     """
     lo, hi = _ephemeral_range()
     first, last = (10_000, lo - 1) if lo > 11_000 else (hi + 1, 65_535)
-    for _ in range(200):
+    for _ in range(200 if first < last else 0):
         port = random.randint(first, last)
         if port in _handed_out:
             continue

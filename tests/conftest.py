@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -113,12 +112,6 @@ def _start_gateway(config: Config) -> Iterator[RunningGateway]:
 def gateway() -> Iterator[RunningGateway]:
     """A fresh gateway per test on free ports of 127.0.0.1."""
     yield from _start_gateway(Config(host="127.0.0.1", rtmp_port=0, http_port=0))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _make_clip(path: Path, *, bframes: bool, seconds: int = 6, size: str = "640x360") -> Path:
