@@ -22,6 +22,7 @@ Timing model (the reason for most of the code here):
 from __future__ import annotations
 
 import logging
+import math
 from bisect import bisect_right
 from collections.abc import Mapping
 from fractions import Fraction
@@ -71,6 +72,14 @@ def _silence(fmt: str, layout: str, rate: int, samples: int) -> AudioFrame:
     for plane in frame.planes:
         plane.update(bytes(plane.buffer_size))
     return frame
+
+
+def _round_div(a: int, b: int) -> int:
+    """``round(a / b)`` for integers (``b > 0``), exact and half to even like ``round``."""
+    q, r = divmod(a, b)
+    if 2 * r > b or (2 * r == b and q & 1):
+        q += 1
+    return q
 
 
 def _nearest(value: int, allowed: list[int] | None) -> int:
@@ -136,7 +145,11 @@ class AudioTranscoder(CodecStep):
         self._res_r0 = 0  # output sample index where the current resampler started
         self._res_in = 0  # input samples fed to the current resampler
         self._written = 0  # real output samples written to the FIFO (padding excluded)
-        self._expected: Fraction | None = None  # input time (s) of the next expected sample
+        # input time of the next expected sample, in ticks of 1/_unit s: integers, because
+        # Fraction arithmetic cost ~20 us a frame here; _unit only grows (an lcm of the time
+        # bases' and sample rates' denominators), so a change rescales exactly
+        self._expected: int | None = None
+        self._unit = 1
         self._seg_r: list[int] = []  # output sample index where each timeline segment starts
         self._seg_pts: list[int] = []  # output pts of that sample
         self._open_encoder()
@@ -236,11 +249,19 @@ class AudioTranscoder(CodecStep):
 
     def _ingest(self, af: AudioFrame) -> None:
         """Place one decoded frame on the output timeline, bridging gaps, then resample it."""
-        if not af.samples or not af.sample_rate:
+        samples, rate = af.samples, af.sample_rate
+        if not samples or not rate:
             return
-        t = af.pts * af.time_base if af.pts is not None and af.time_base else None
-        duration = Fraction(af.samples, af.sample_rate)
-        key = (af.format.name, af.layout.name, af.sample_rate)
+        pts = af.pts
+        tb = af.time_base if pts is not None else None
+        unit = math.lcm(self._unit, rate, tb.denominator if tb else 1)
+        if unit != self._unit:
+            if self._expected is not None:
+                self._expected *= unit // self._unit
+            self._unit = unit
+        t = pts * tb.numerator * (unit // tb.denominator) if tb else None
+        duration = samples * (unit // rate)
+        key = (af.format.name, af.layout.name, rate)
         if key != self._res_key:
             self._flush_resampler()
             self._resampler = AudioResampler(format=self._fmt, layout=self._layout,
@@ -248,30 +269,33 @@ class AudioTranscoder(CodecStep):
             self._res_key, self._res_r0, self._res_in = key, self._written, 0
         if self._expected is None or t is None:
             if self._expected is None:
-                self._anchor(t or Fraction(0))
+                self._anchor(t or 0)
         else:
             delta = t - self._expected
-            if abs(delta) > duration / 2:
-                if 0 < delta <= MAX_FILL:
-                    gap = round(delta * af.sample_rate)
+            if 2 * abs(delta) > duration:
+                max_fill = MAX_FILL.numerator * unit // MAX_FILL.denominator
+                if 0 < delta <= max_fill:
+                    gap = _round_div(delta * rate, unit)
                     self.filled += gap
-                    self._feed(_silence(*key, gap))
-                elif -MAX_FILL <= delta <= -duration * 3 / 4:
+                    self._feed(_silence(*key, gap), gap * (unit // rate))
+                elif -max_fill <= delta and 4 * delta <= -3 * duration:
                     self.dropped += 1  # (mostly) already covered: a duplicate or an overlap
                     return
-                elif abs(delta) > MAX_FILL:
-                    log.info("audio timestamps jumped by %.3f s; re-anchoring", float(delta))
+                elif abs(delta) > max_fill:
+                    log.info("audio timestamps jumped by %.3f s; re-anchoring", delta / unit)
                     self._anchor(t)
-        self._feed(af)
+        self._feed(af, duration)
 
-    def _anchor(self, t: Fraction) -> None:
+    def _anchor(self, t: int) -> None:
+        """Start a timeline segment: input time ``t`` (ticks) is the next output sample."""
         r = self._res_r0 + round(self._res_in * self._rate / self._res_key[2])  # type: ignore[index]
         self._seg_r.append(r)
-        self._seg_pts.append(round(t * self._rate))
+        self._seg_pts.append(_round_div(t * self._rate, self._unit))
         del self._seg_r[:-16], self._seg_pts[:-16]  # only recent segments can still be pending
         self._expected = t
 
-    def _feed(self, af: AudioFrame) -> None:
+    def _feed(self, af: AudioFrame, duration: int) -> None:
+        """Resample ``af`` into the FIFO; ``duration`` is its length in ticks."""
         assert self._resampler is not None and self._fifo is not None
         af.pts = None  # timing is ours; keep FFmpeg from "correcting" it
         for out in self._resampler.resample(af):
@@ -279,7 +303,7 @@ class AudioTranscoder(CodecStep):
             self._fifo.write(out)
             self._written += out.samples
         self._res_in += af.samples
-        self._expected = (self._expected or Fraction(0)) + Fraction(af.samples, af.sample_rate)
+        self._expected = (self._expected or 0) + duration
 
     def _flush_resampler(self) -> None:
         if self._resampler is not None and self._fifo is not None:
@@ -381,6 +405,7 @@ class AudioTranscoder(CodecStep):
     def _reset(self) -> None:
         self._dec = self._dec_track = self._enc = self._fifo = self._resampler = None
         self._res_key = self._expected = None
+        self._unit = 1
         self._res_r0 = self._res_in = self._written = self._fed = 0
         self._end_r = None
         self._seg_r, self._seg_pts = [], []
