@@ -440,7 +440,7 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
     pooled: dict[str, Counter[str]] = {"video": Counter(), "audio": Counter()}
     since_start: dict[str, list[float]] = {"video": [], "audio": []}
     split: dict[str, dict[str, list[float]]] = {k: {"wait": [], "coding": []} for k in ("video", "audio")}
-    drops = 0
+    drops = skipped = 0
     for name in names:
         a, b = variant_of(s0.get(name, {})), variant_of(s1.get(name, {}))
         if not a or not b:
@@ -457,8 +457,10 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
                 reasons.append(f"{name}: no {kind} stats")
                 continue
             out = (x1["out"] - x0["out"]) / dt
-            src = (x1["in"] + x1["dropped"] - x0["in"] - x0["dropped"]) / dt
+            lost = x1["dropped"] + x1.get("skipped", 0) - x0["dropped"] - x0.get("skipped", 0)
+            src = (x1["in"] - x0["in"] + lost) / dt
             d = x1["dropped"] - x0["dropped"]
+            skipped += lost - d
             drops += d
             # latency of exactly the frames coded in the window: difference of the cumulative
             # histograms (the variant's start-up, e.g. a process starting, is before it)
@@ -515,7 +517,8 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
     if v_fps and a_fps:
         row.rate = round(min(min(v_fps) / FPS, min(a_fps) / MP2_FPS), 3)
     if drops:
-        reasons.append(f"{drops} input frames dropped in the window")
+        reasons.append(f"{drops} input frames dropped in the window"
+                       + (f", {skipped} more skipped to the next keyframe" if skipped else ""))
     worst = max(v99 + a99, default=0.0)
     if worst >= MAX_P99_MS:
         reasons.append(f"latency p99 {worst:.0f} ms >= {MAX_P99_MS:.0f}")

@@ -231,12 +231,13 @@ def test_in_flight_bound_drops_video_until_keyframe(media, caplog) -> None:
             for f in aframes[:10]:
                 a.submit(f)
         assert (v.frames_in, v.in_flight, v.dropped) == (5, 5, 1)  # then waits for a keyframe
-        assert (a.frames_in, a.in_flight, a.dropped) == (3, 3, 7)
+        assert v.skipped == 24  # counted apart: what the drop cost until that keyframe
+        assert (a.frames_in, a.in_flight, a.dropped, a.skipped) == (3, 3, 7, 0)
         assert "bounded video: transcoder cannot keep up" in caplog.text
         await _until(lambda: v.in_flight == 0 and a.in_flight == 0)
         for f in vframes[30:33]:  # resumes at the next keyframe
             v.submit(f)
-        assert v.frames_in == 8 and v.dropped == 1
+        assert v.frames_in == 8 and v.dropped == 1 and v.skipped == 24
         await _until(lambda: v.in_flight == 0)
         assert len(v.timings.latency) == 8
         v.stop()

@@ -509,6 +509,10 @@ class PoolStep:
         return self._admission.dropped
 
     @property
+    def skipped(self) -> int:
+        return self._admission.skipped
+
+    @property
     def in_flight(self) -> int:
         return len(self._arrivals)
 

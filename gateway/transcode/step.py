@@ -70,10 +70,13 @@ class Admission:
         self.video = kind == "video"
         self.need_key = self.video
         self.dropped = 0
+        self.skipped = 0  # after a drop: video frames discarded until the next keyframe
 
     def admit(self, frame: Frame, queued: int) -> bool:
         if self.need_key:
             if not frame.keyframe:
+                if self.dropped:  # not the start, which waits for its first keyframe anyway
+                    self.skipped += 1
                 return False
             self.need_key = False
         if queued < self.limit:

@@ -54,6 +54,7 @@ class TrackWorker(Protocol):
     frames_in: int
     frames_out: int
     dropped: int
+    skipped: int
     timings: Timings
 
     def submit(self, frame: Frame) -> None: ...
@@ -93,6 +94,10 @@ class Worker:
     @property
     def dropped(self) -> int:
         return self._admission.dropped
+
+    @property
+    def skipped(self) -> int:
+        return self._admission.skipped
 
     def submit(self, frame: Frame) -> None:
         # only this thread puts, the worker only takes: an admitted frame always fits
@@ -277,13 +282,15 @@ class Variant(Stream):
             w.stop()
 
     def stats(self) -> dict[str, object]:
-        """Per transcoded track: frames in/out/dropped, arrival->ready latency p50/p99 (ms) of
+        """Per transcoded track: frames in/out/dropped (and ``skipped``: video frames discarded
+        after a drop until the next keyframe), arrival->ready latency p50/p99 (ms) of
         the recent frames and how much of it was waiting for the worker and coding, and the
         cumulative histograms of each (diff two snapshots for a window)."""
         out: dict[str, object] = {}
         for kind, w in self.workers.items():
             out[kind] = {"step": f"{w.transcode.from_codec}->{w.transcode.to_codec}",
                          "in": w.frames_in, "out": w.frames_out, "dropped": w.dropped,
+                         "skipped": w.skipped,
                          **w.timings.stats()}
         return out
 
