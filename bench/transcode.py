@@ -197,6 +197,7 @@ class GwLevel:
     a_fps_min: float | None = None
     src_fps_min: float | None = None
     new_drops: int | None = None
+    shed: int | None = None  # non-reference frames the gateway shed while behind (not coded)
     v_p50: float | None = None  # median over variants of their p50
     v_p99: float | None = None  # worst variant's p99
     a_p50: float | None = None
@@ -440,7 +441,7 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
     pooled: dict[str, Counter[str]] = {"video": Counter(), "audio": Counter()}
     since_start: dict[str, list[float]] = {"video": [], "audio": []}
     split: dict[str, dict[str, list[float]]] = {k: {"wait": [], "coding": []} for k in ("video", "audio")}
-    drops = skipped = 0
+    drops = skipped = shed = 0
     for name in names:
         a, b = variant_of(s0.get(name, {})), variant_of(s1.get(name, {}))
         if not a or not b:
@@ -457,10 +458,12 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
                 reasons.append(f"{name}: no {kind} stats")
                 continue
             out = (x1["out"] - x0["out"]) / dt
+            s_ = x1.get("shed", 0) - x0.get("shed", 0)
             lost = x1["dropped"] + x1.get("skipped", 0) - x0["dropped"] - x0.get("skipped", 0)
-            src = (x1["in"] - x0["in"] + lost) / dt
+            src = (x1["in"] - x0["in"] + lost + s_) / dt
             d = x1["dropped"] - x0["dropped"]
             skipped += lost - d
+            shed += s_
             drops += d
             # latency of exactly the frames coded in the window: difference of the cumulative
             # histograms (the variant's start-up, e.g. a process starting, is before it)
@@ -496,6 +499,7 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
     row.a_fps_min = round(min(a_fps), 2) if a_fps else None
     row.src_fps_min = round(min(src_fps), 2) if src_fps else None
     row.new_drops = drops
+    row.shed = shed
     row.v_p50 = round(statistics.median(v50), 1) if v50 else None
     row.v_p99 = round(max(v99), 1) if v99 else None
     row.a_p50 = round(statistics.median(a50), 1) if a50 else None
@@ -524,6 +528,8 @@ def judge_gateway(row: GwLevel, names: list[str], s0: dict[str, Any], s1: dict[s
         reasons.append(f"latency p99 {worst:.0f} ms >= {MAX_P99_MS:.0f}")
     if row.viewer_kbps_min is not None and row.viewer_kbps_min <= 0:
         reasons.append("a viewer received nothing in the window")
+    if shed:
+        row.notes.append(f"{shed} non-reference frames shed while behind")
     if src_fps and min(src_fps) < PASS_RATIO * FPS:
         row.notes.append(f"source (publisher) rate fell to {min(src_fps):.1f} fps: machine saturated")
     if row.other_pct is not None and row.other_pct > 15:

@@ -349,6 +349,20 @@ def test_malformed_nal_lengths(au: bytes) -> None:
         h264.avcc_to_annexb(au)
 
 
+def test_disposable_means_every_slice_unreferenced() -> None:
+    def au(*nals: bytes) -> bytes:
+        return h264.join_avcc(nals)
+
+    b_slice, p_slice, idr = b"\x01\x9e", b"\x41\x9a", b"\x65\x88"  # ref_idc 0, 2, 3
+    sei = b"\x06\x05"
+    assert h264.is_disposable(au(sei, b_slice))
+    assert h264.is_disposable(au(b_slice, b_slice))
+    assert not h264.is_disposable(au(b_slice, p_slice))  # one referenced slice keeps it all
+    assert not h264.is_disposable(au(p_slice)) and not h264.is_disposable(au(idr))
+    assert not h264.is_disposable(au(sei))  # no picture at all: nothing to gain by skipping
+    assert not h264.is_disposable(b"")
+
+
 def test_invalid_length_size_and_config() -> None:
     with pytest.raises(H264Error):
         h264.split_avcc(b"", 3)
@@ -400,6 +414,7 @@ def test_bitstream_functions_only_raise_h264error(data: bytes, size: int) -> Non
     for call in (
         lambda: h264.split_avcc(data, size),
         lambda: h264.is_keyframe(data, size),
+        lambda: h264.is_disposable(data, size),
         lambda: h264.avcc_to_annexb(data, config, size),
         lambda: h264.split_annexb(data),
         lambda: h264.annexb_to_avcc(data),

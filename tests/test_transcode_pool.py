@@ -22,6 +22,7 @@ import pytest
 from conftest import _make_clip
 
 from gateway import planner
+from gateway.codecs import h264
 from gateway.hub.stream import Stream
 from gateway.media import Frame, StreamInfo, Track
 from gateway.transcode import pool as pool_mod
@@ -210,6 +211,66 @@ def test_codec_threads_of_one_process_share_its_steps(media) -> None:
                 assert [f.data for f in got[f"{kind}{i}"]] == [f.data for f in got[f"{kind}0"]]
         for _, s in steps:
             s.stop()
+
+    _run(main)
+
+
+def _disposable(frames: list[Frame]) -> list[bool]:
+    size = h264.parse_avc_config(frames[0].track.config).nal_length_size
+    return [h264.is_disposable(f.data, size) for f in frames]
+
+
+def _decoded(frames: list[Frame]) -> dict[int, bytes]:
+    """pts -> picture bytes, decoding ``frames`` with FFmpeg's H.264 decoder."""
+    ctx = av.CodecContext.create("h264", "r")
+    ctx.extradata = frames[0].track.config
+    pictures: dict[int, bytes] = {}
+    for f in [*frames, None]:
+        packet = None
+        if f is not None:
+            packet = av.Packet(f.data)
+            packet.pts, packet.dts = f.pts, f.dts
+        for vf in ctx.decode(packet):
+            pictures[vf.pts] = b"".join(bytes(p) for p in vf.planes)
+    return pictures
+
+
+def test_non_reference_frames_can_go_without_changing_the_others(media) -> None:
+    _, frames = media["video"]
+    disposable = _disposable(frames)
+    assert 0 < sum(disposable) < len(frames) // 2  # x264's B-frames that nothing references
+    assert not any(d for d, f in zip(disposable, frames) if f.keyframe)
+    full = _decoded(frames)
+    kept = [f for d, f in zip(disposable, frames) if not d]
+    assert _decoded(kept) == {f.pts: full[f.pts] for f in kept}  # bit-exact, none missing
+
+
+def test_a_long_queue_sheds_non_reference_frames_first(media, caplog) -> None:
+    vt, vframes = media["video"]
+    disposable = _disposable(vframes)
+
+    async def main() -> None:
+        out: list[Frame] = []
+        p = pool_mod.get_pool(1)
+        v = p.open("shedding video", _transcode(media, "video"), vt, out.extend, 60, shed_at=3)
+        for f in vframes[:5]:  # a starting process: these wait, whatever the queue's length
+            v.submit(f)
+        assert (v.frames_in, v.shed) == (5, 0)
+        await _until(lambda: v.in_flight == 0)  # warm now
+        with caplog.at_level(logging.WARNING, logger="gateway.transcode.pool"):
+            for f in vframes[5:45]:  # no await: the queue only grows
+                v.submit(f)
+        expected = sum(disposable[8:45])  # from the 4th frame in flight on, each disposable one
+        assert (v.shed, v.dropped, v.skipped) == (expected, 0, 0)
+        assert v.frames_in == 45 - expected
+        assert "shedding video: transcoder behind" in caplog.text
+        await _until(lambda: v.in_flight == 0)
+        v.stop()
+        v.join()
+        # what was coded is a clean MPEG-1 stream: nothing the decoder needed went missing
+        ctx = av.CodecContext.create("mpeg1video", "r")
+        pictures = [vf for f in out for vf in ctx.decode(av.Packet(f.data))]
+        assert len(pictures) >= len(out) - 1 and len(out) >= v.frames_in - 5
 
     _run(main)
 

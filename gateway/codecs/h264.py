@@ -583,6 +583,14 @@ def avcc_nal_types(au: bytes, nal_length_size: int = 4) -> list[int]:
     return [au[start] & 0x1F for start, _ in _avcc_spans(au, nal_length_size)]
 
 
+def is_disposable(avcc_au: bytes, nal_length_size: int = 4) -> bool:
+    """Whether no other picture references this one (every slice has ``nal_ref_idc`` 0, e.g.
+    a non-reference B-frame): a decoder that skips it decodes everything else unchanged."""
+    slices = [avcc_au[start] for start, _ in _avcc_spans(avcc_au, nal_length_size)
+              if is_vcl(avcc_au[start] & 0x1F)]
+    return bool(slices) and not any(b & 0x60 for b in slices)
+
+
 def is_keyframe(avcc_au: bytes, nal_length_size: int = 4) -> bool:
     """Whether the access unit holds an IDR slice (a random access point)."""
     return NAL_IDR in avcc_nal_types(avcc_au, nal_length_size)

@@ -480,7 +480,8 @@ class PoolStep:
     """
 
     def __init__(self, step_id: int, name: str, t: planner.Transcode, source: Track,
-                 deliver: Deliver, limit: int, child: _Child, group: object = None) -> None:
+                 deliver: Deliver, limit: int, child: _Child, group: object = None,
+                 shed_at: int | None = None) -> None:
         self.step_id = step_id
         self.group = group
         self.name = name
@@ -493,7 +494,7 @@ class PoolStep:
         self.failed: str | None = None
         self.on_failed: Callable[[str], None] | None = None
         self._deliver = deliver
-        self._admission = Admission(name, t.kind, limit, log)
+        self._admission = Admission(name, t.kind, limit, log, shed_at)
         self._child = child
         self._stopped = False
         self._arrivals: collections.deque[float] = collections.deque()  # in flight, FIFO
@@ -511,6 +512,10 @@ class PoolStep:
     @property
     def skipped(self) -> int:
         return self._admission.skipped
+
+    @property
+    def shed(self) -> int:
+        return self._admission.shed
 
     @property
     def in_flight(self) -> int:
@@ -556,6 +561,7 @@ class PoolStep:
     def _result(self, frames: list[Frame], now: float, wait_ms: float,
                 coding_ms: float) -> None:
         if self._arrivals:
+            self._admission.warm = True
             self.timings.add((now - self._arrivals.popleft()) * 1000, wait_ms, coding_ms)
         if frames:
             self.frames_out += len(frames)
@@ -819,9 +825,10 @@ class Pool:
         return [c.process for c in self._children if c is not None]
 
     def open(self, name: str, t: planner.Transcode, source: Track, deliver: Deliver,
-             limit: int, group: object = None) -> PoolStep:
+             limit: int, group: object = None, shed_at: int | None = None) -> PoolStep:
         """Start a step; its outputs go to ``deliver`` on the loop, one call per input frame
-        that produced any. At most ``limit`` input frames are in flight; more are dropped.
+        that produced any. At most ``limit`` input frames are in flight; more are dropped;
+        from ``shed_at`` on, disposable video frames are shed (see ``Admission``).
 
         Steps of one ``group`` (a variant's tracks) share a process: it codes their frames in
         arrival order, so audio and video outputs come back as interleaved as they went in
@@ -838,7 +845,7 @@ class Pool:
         mates = [c for c in live if group is not None
                  and any(s.group is group and not s._stopped for s in c.steps.values())]
         child = mates[0] if mates else min(live, key=lambda c: c.load)
-        step = PoolStep(next(self._ids), name, t, source, deliver, limit, child, group)
+        step = PoolStep(next(self._ids), name, t, source, deliver, limit, child, group, shed_at)
         child.open_step(step)
         return step
 

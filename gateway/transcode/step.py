@@ -18,7 +18,8 @@ from typing import Any, Final, Protocol
 
 import av
 
-from ..media import Frame
+from ..codecs import h264
+from ..media import Frame, Track
 
 
 class Step(Protocol):
@@ -61,16 +62,26 @@ class Admission:
 
     Video (re)starts only at a keyframe, since a decoder cannot start elsewhere; a full queue
     drops the frame (video then waits for the next keyframe) and says so, instead of growing.
+    Before that, from ``shed_at`` queued frames on, H.264 frames no other frame references
+    (non-reference B-frames) are shed one by one: a transcoder a little short of CPU loses
+    single frames and keeps its latency, instead of a whole GOP at a time after seconds of
+    backlog. Not before the worker is ``warm`` (has coded a frame): a queue that builds up
+    while a worker process starts is a one-off wait, not a sign of falling behind.
     """
 
-    def __init__(self, name: str, kind: str, limit: int, log: logging.Logger) -> None:
+    def __init__(self, name: str, kind: str, limit: int, log: logging.Logger,
+                 shed_at: int | None = None) -> None:
         self.name = name
         self.log = log
         self.limit = limit
         self.video = kind == "video"
+        self.shed_at = limit if shed_at is None or not self.video else min(shed_at, limit)
         self.need_key = self.video
         self.dropped = 0
         self.skipped = 0  # after a drop: video frames discarded until the next keyframe
+        self.shed = 0  # disposable frames not coded because the queue was long
+        self.warm = False  # set by the worker once it has coded a frame
+        self._nal_sizes: tuple[Track | None, int] = (None, 4)  # track -> its AVCC length size
 
     def admit(self, frame: Frame, queued: int) -> bool:
         if self.need_key:
@@ -79,14 +90,35 @@ class Admission:
                     self.skipped += 1
                 return False
             self.need_key = False
-        if queued < self.limit:
+        if queued < self.shed_at:
             return True
+        if queued < self.limit:
+            if not self.warm or not self._disposable(frame):
+                return True
+            self.shed += 1
+            if self.shed == 1 or self.shed % 100 == 0:
+                self.log.warning("%s: transcoder behind (%d frames queued), shedding non-reference "
+                                 "frames (%d so far)", self.name, queued, self.shed)
+            return False
         self.dropped += 1
         self.need_key = self.video
         if self.dropped == 1 or self.dropped % 100 == 0:
             self.log.warning("%s: transcoder cannot keep up (%d input frames dropped so far)",
                              self.name, self.dropped)
         return False
+
+    def _disposable(self, frame: Frame) -> bool:
+        track = frame.track
+        if track.codec != "h264" or frame.keyframe:
+            return False
+        cached, size = self._nal_sizes
+        try:
+            if track is not cached:
+                size = h264.parse_avc_config(track.config).nal_length_size if track.config else 4
+                self._nal_sizes = (track, size)
+            return h264.is_disposable(frame.data, size)
+        except h264.H264Error:
+            return False
 
 
 def _latency_edges() -> tuple[float, ...]:

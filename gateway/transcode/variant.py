@@ -33,6 +33,7 @@ StepFactory = Callable[[planner.Transcode, Track], Step]
 
 HOLD_AUDIO_FRAMES = 500  # ~10 s of audio held while the first video keyframe is coded
 QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step is behind
+SHED_FRAMES = {"video": 30}  # ~1 s queued: shed non-reference frames (see Admission)
 
 #: Where steps run: < 0 one worker process per CPU, 0 threads in this process, N > 0 processes.
 #: Set by the composition root from ``Config.transcode_processes`` (see ``configure``).
@@ -55,6 +56,7 @@ class TrackWorker(Protocol):
     frames_out: int
     dropped: int
     skipped: int
+    shed: int
     timings: Timings
 
     def submit(self, frame: Frame) -> None: ...
@@ -84,7 +86,7 @@ class Worker:
         self._loop = loop
         limit = QUEUE_FRAMES.get(t.kind, 100)
         self._q: queue.Queue[tuple[Frame, float] | None] = queue.Queue(limit)
-        self._admission = Admission(name, t.kind, limit, log)
+        self._admission = Admission(name, t.kind, limit, log, SHED_FRAMES.get(t.kind))
         self.frames_in = 0
         self.frames_out = 0
         self.timings = Timings()  # the queue is the wait, there is no transport
@@ -98,6 +100,10 @@ class Worker:
     @property
     def skipped(self) -> int:
         return self._admission.skipped
+
+    @property
+    def shed(self) -> int:
+        return self._admission.shed
 
     def submit(self, frame: Frame) -> None:
         # only this thread puts, the worker only takes: an admitted frame always fits
@@ -135,6 +141,7 @@ class Worker:
                     log.exception("%s: transcode step failed on a frame; skipped", self.name)
                     continue
                 done = time.perf_counter()
+                self._admission.warm = True  # a flag, read by the loop's thread: no lock needed
                 self.timings.add((done - arrived) * 1000, (began - arrived) * 1000,
                                  (done - began) * 1000)
                 if out:
@@ -216,7 +223,8 @@ class Variant(Stream):
         if _processes != 0 and self._factory is _default_factory:
             try:
                 return pool.get_pool(_processes, _threads).open(
-                    name, tp, track, self._deliver, limit, group=self)
+                    name, tp, track, self._deliver, limit, group=self,
+                    shed_at=SHED_FRAMES.get(tp.kind))
             except Exception:  # a transcode in a thread beats no transcode
                 log.exception("%s: cannot use the transcode pool; using a thread", name)
         return Worker(name, tp, track, self._factory, self._deliver, self._loop)
@@ -283,14 +291,15 @@ class Variant(Stream):
 
     def stats(self) -> dict[str, object]:
         """Per transcoded track: frames in/out/dropped (and ``skipped``: video frames discarded
-        after a drop until the next keyframe), arrival->ready latency p50/p99 (ms) of
+        after a drop until the next keyframe; ``shed``: non-reference frames not coded while
+        the queue was long), arrival->ready latency p50/p99 (ms) of
         the recent frames and how much of it was waiting for the worker and coding, and the
         cumulative histograms of each (diff two snapshots for a window)."""
         out: dict[str, object] = {}
         for kind, w in self.workers.items():
             out[kind] = {"step": f"{w.transcode.from_codec}->{w.transcode.to_codec}",
                          "in": w.frames_in, "out": w.frames_out, "dropped": w.dropped,
-                         "skipped": w.skipped,
+                         "skipped": w.skipped, "shed": w.shed,
                          **w.timings.stats()}
         return out
 
