@@ -275,6 +275,45 @@ def test_a_long_queue_sheds_non_reference_frames_first(media, caplog) -> None:
     _run(main)
 
 
+def test_a_thread_worker_sheds_the_same_way(media) -> None:
+    """``transcode_processes = 0``: the thread worker's queue sheds like a process step's."""
+    vt, vframes = media["video"]
+    disposable = _disposable(vframes)
+    gate = threading.Event()
+
+    class Held:  # codes nothing until the gate opens: the queue only grows meanwhile
+        def process(self, frame: Frame) -> list[Frame]:
+            gate.wait(10)
+            return []
+
+        def flush(self) -> list[Frame]:
+            return []
+
+        def close(self) -> None:
+            pass
+
+    async def main() -> None:
+        w = variant_mod.Worker("held video", _transcode(media, "video"), vt, lambda t, s: Held(),
+                               lambda frames: None, asyncio.get_running_loop())
+        gate.set()
+        w.submit(vframes[0])
+        await _until(lambda: w.timings.latency.counts != [0] * len(w.timings.latency.counts))
+        gate.clear()
+        w.submit(vframes[1])
+        await _until(lambda: w._q.qsize() == 0)  # the worker holds it, blocked
+        shed_at = variant_mod.SHED_FRAMES["video"]
+        for f in vframes[2:62]:
+            w.submit(f)
+        expected = sum(disposable[2 + shed_at:62])  # once shed_at frames wait, each disposable one
+        assert (w.shed, w.dropped) == (expected, 0) and expected > 0
+        assert w._q.qsize() == 60 - expected
+        gate.set()
+        w.stop()
+        w.join()
+
+    _run(main)
+
+
 def test_in_flight_bound_drops_video_until_keyframe(media, caplog) -> None:
     vt, vframes = media["video"]
     at, aframes = media["audio"]
