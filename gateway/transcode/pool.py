@@ -55,7 +55,7 @@ from typing import Any
 
 from .. import planner
 from ..media import Frame, Track
-from .step import COUNTERS, Admission, Timings
+from .step import COUNTERS, Admission, Admitted, Timings
 
 __all__ = ["Pool", "PoolStep", "default_processes", "get_pool", "shutdown"]
 
@@ -473,7 +473,7 @@ def _result(sid: int, st: _ChildStep, frames: list[Frame], wait_us: int,
 # ============================================================================ gateway process
 
 
-class PoolStep:
+class PoolStep(Admitted):
     """The gateway's handle on one step in a worker process; same surface as a thread Worker.
 
     ``failed`` is set (and the track stops) when the step cannot open or its process dies.
@@ -504,18 +504,6 @@ class PoolStep:
         self._tb_key: tuple[int, int] = (1, 1000)
         self._tb = Fraction(1, 1000)
         self._done = threading.Event()
-
-    @property
-    def dropped(self) -> int:
-        return self._admission.dropped
-
-    @property
-    def skipped(self) -> int:
-        return self._admission.skipped
-
-    @property
-    def shed(self) -> int:
-        return self._admission.shed
 
     @property
     def in_flight(self) -> int:

@@ -121,6 +121,25 @@ class Admission:
             return False
 
 
+
+class Admitted:
+    """A worker's ``Admission`` counts as the worker's own attributes (what ``TrackWorker``
+    and the stats read), for thread and process workers alike."""
+
+    _admission: Admission
+
+    @property
+    def dropped(self) -> int:
+        return self._admission.dropped
+
+    @property
+    def skipped(self) -> int:
+        return self._admission.skipped
+
+    @property
+    def shed(self) -> int:
+        return self._admission.shed
+
 def _latency_edges() -> tuple[float, ...]:
     """Bucket upper bounds: 1 ms up to 100 ms (the targets are tens of ms), coarser beyond."""
     return (*range(1, 101), *range(110, 1001, 10), *range(1100, 10001, 100))

@@ -25,7 +25,7 @@ from .. import planner
 from ..hub.stream import Stream
 from ..media import Frame, StreamInfo, Track
 from . import pool
-from .step import Admission, Step, Timings
+from .step import Admission, Admitted, Step, Timings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _default_factory(t: planner.Transcode, source: Track) -> Step:
     return make_step(t, source)
 
 
-class Worker:
+class Worker(Admitted):
     """One transcode step in its own thread, fed by a bounded queue, results back on the loop."""
 
     def __init__(self, name: str, t: planner.Transcode, source: Track, factory: StepFactory,
@@ -92,18 +92,6 @@ class Worker:
         self.timings = Timings()  # the queue is the wait, there is no transport
         self._thread = threading.Thread(target=self._run, name=f"transcode {name}", daemon=True)
         self._thread.start()
-
-    @property
-    def dropped(self) -> int:
-        return self._admission.dropped
-
-    @property
-    def skipped(self) -> int:
-        return self._admission.skipped
-
-    @property
-    def shed(self) -> int:
-        return self._admission.shed
 
     def submit(self, frame: Frame) -> None:
         # only this thread puts, the worker only takes: an admitted frame always fits
