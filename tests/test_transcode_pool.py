@@ -490,7 +490,10 @@ def test_variant_runs_steps_where_configured(media, processes: int) -> None:
             await _until(lambda: {"video", "audio"} <= {f.track.kind for f in viewer.frames}
                          and video_stats()["out"] >= 30)  # type: ignore[operator]
             stats = video_stats()
-            assert stats["in"] == 40 and stats["latency_ms_p99"] is not None
+            # pushed faster than real time: on a slow host the step may shed (never drop) a
+            # non-reference frame once ~1 s is queued; every frame is counted either way
+            assert stats["in"] + stats["shed"] == 40 and stats["dropped"] == stats["skipped"] == 0
+            assert stats["latency_ms_p99"] is not None
             assert {t.codec for t in var.tracks.values()} == {"mpeg1video", "mp2"}
             var.drop_sink("viewer")  # last viewer: steps stop, the variant leaves the source
             assert var.closed and key not in source.sinks
