@@ -354,6 +354,8 @@ def rtmppub_cmd(clip: Path, url: str, names: list[str], args: argparse.Namespace
     """``bench/rtmppub.py`` publishing ``clip`` as url/name for each name (``ports``: one per name)."""
     cmd = [sys.executable, str(Path(__file__).resolve().parent / "rtmppub.py"), "--clip", str(clip),
            "--url", url, "--names", ",".join(names), "--tick", str(args.pub_tick)]  # fmt: skip
+    if args.stagger is not None:
+        cmd += ["--stagger", str(args.stagger)]
     return cmd + ["--ports", ",".join(map(str, ports))] if ports else cmd
 
 
@@ -630,6 +632,8 @@ def ffmpeg_level(procs: ProcessGroup, clip: Path, n: int, args: argparse.Namespa
             p = procs.start(cmd, stdout=subprocess.PIPE, stderr=errlog)
             ps.append(p)
             threading.Thread(target=reader, args=(i, p), daemon=True).start()
+            if not sinks and args.stagger and i < n - 1:  # `-re` paces from each start
+                time.sleep(args.stagger / 1000 / n)
         if sinks:  # the gateway side's publisher, one RTMP server (an ffmpeg) per stream
             time.sleep(0.3)  # no probe connect: `-listen 1` takes the first one and exits; rtmppub retries
             cmd = rtmppub_cmd(clip, f"rtmp://127.0.0.1:{ports[0]}/live", names, args, ports)
@@ -999,6 +1003,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=5.0, help="s after the last viewer joined")
     p.add_argument("--duration", type=float, default=15.0, help="measurement window per level, s")
     p.add_argument("--pause", type=float, default=1.0, help="s between levels")
+    p.add_argument("--stagger", type=float, default=None,
+                   help="ms the N streams' phases are spread over (default: one video frame)")
     p.add_argument("--pub-tick", type=float, default=10.0,
                    help="rtmppub's pacing tick in ms (ffmpeg -re sleeps 10 ms); frames are at most this late")
     p.add_argument("--gateway-set", action="append", default=[], metavar="KEY=VALUE",
