@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import av
@@ -29,6 +30,7 @@ from gateway.media import Frame, Track
 from gateway.servers.webrtc_http import SESSIONS
 from gateway.transcode.step import COUNTERS
 from gateway.webrtc import SessionError, Settings, sdp, seam
+from gateway.webrtc import whip as whip_mod
 from gateway.webrtc.whep import PacketTrack, WhepClient, WhepSession
 from gateway.webrtc.whip import Timeline, WhipClient
 
@@ -308,6 +310,40 @@ def test_timeline_aligns_tracks_on_sender_reports() -> None:
     v = tl.seconds("video", v0 + 180000, arrival=102.04)
     assert a == pytest.approx(2.0, abs=1e-6)
     assert v == pytest.approx(a, abs=1e-6)
+
+
+def test_timeline_ignores_report_jitter_and_follows_real_drift() -> None:
+    """A report pairs a packet's RTP time with when it was sent: packets sent late (here up
+    to 40 ms, a loaded sender) must not move the clock; a real move of the sender's clock
+    relation (here 50 ms) does, once it shows in every report of the window."""
+    tl = Timeline()
+    tl.add("video", 90000)
+    v0, ntp0 = 1_000_000, 3_900_000_000.0
+    tl.seconds("video", v0, arrival=100.0)
+
+    def report(at: float, late: float, shift: float = 0.0) -> None:
+        tl.sender_report("video", int((ntp0 + at + late + shift) * (1 << 32)),
+                         v0 + round(at * 90000))
+
+    report(1.0, 0.0)
+    anchored = tl.seconds("video", v0 + 3 * 90000, arrival=103.0)
+    for i, late in enumerate([0.033, 0.005, 0.040, 0.012, 0.027, 0.001, 0.038]):
+        report(2.0 + i, late)
+        assert tl.seconds("video", v0 + 3 * 90000, arrival=103.0) == anchored
+    for i in range(whip_mod.SR_WINDOW):  # the sender's clock relation really moved by 50 ms
+        report(10.0 + i, 0.0, shift=0.050)
+    assert tl.seconds("video", v0 + 3 * 90000, arrival=103.0) == pytest.approx(anchored + 0.050)
+
+
+def test_video_pts_never_share_a_millisecond() -> None:
+    """After the clock steps back (re-anchoring), frames are still >= 1 ms apart, so outputs
+    in milliseconds (FLV, RTMP) keep strictly increasing timestamps."""
+    holder = SimpleNamespace(_last_pts={})
+    pts = [whip_mod.WhipSession._pts(holder, "video", t, whip_mod.VIDEO_TB)  # type: ignore[arg-type]
+           for t in (1.000, 1.033, 0.990, 0.995, 1.066, 1.100)]
+    ms = [round(p / 90) for p in pts]
+    assert all(b > a for a, b in zip(ms, ms[1:])), ms
+    assert pts[-2:] == [round(1.066 * 90000), round(1.100 * 90000)]  # back on the clock
 
 
 def test_slow_viewer_queue_is_bounded_and_drops_to_keyframe() -> None:

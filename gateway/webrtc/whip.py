@@ -16,10 +16,11 @@ send keyframes only on request, and every late RTMP/FLV/WHEP joiner must start a
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import aiohttp
@@ -69,6 +70,10 @@ def request_keyframe(stream: Stream) -> bool:
 # -- the session clock ---------------------------------------------------------------------------
 
 
+SR_WINDOW = 8  # sender reports whose earliest estimate anchors a track (~8 s of reports)
+RESYNC_TOLERANCE = 0.010  # s a track's anchor may move before the track is re-anchored
+
+
 @dataclass(slots=True)
 class _TrackClock:
     rate: int
@@ -76,6 +81,8 @@ class _TrackClock:
     ext: int = 0  # unwrapped RTP timestamp of last_rtp
     offset: float | None = None  # session seconds at ext == 0
     ntp_zero: float | None = None  # publisher NTP seconds at ext == 0 (from sender reports)
+    estimates: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=SR_WINDOW))
 
     def unwrap(self, rtp: int) -> int:
         if self.last_rtp is None:
@@ -97,8 +104,15 @@ class Timeline:
     """Maps each track's RTP timestamps onto one session clock (seconds since the first frame).
 
     ``base`` is the publisher NTP time of session time 0, fixed by the first sender report so
-    that the track it belongs to continues without a jump; every later report (of any track)
-    re-anchors that track against the same base.
+    that the track it belongs to continues without a jump; later reports (of any track)
+    re-anchor that track against the same base.
+
+    A report pairs a packet's RTP time with the NTP time it was *sent* (aiortc) or captured,
+    so a packet sent late makes its report's estimate late by as much. Each track keeps the
+    earliest estimate of its last ``SR_WINDOW`` reports (the least delayed), and moves only
+    when that differs by ``RESYNC_TOLERANCE`` or more: re-anchoring on every report made the
+    clock jump back and forth by the sender's jitter (tens of ms on a loaded machine), and a
+    jump back of a frame interval made frames share a millisecond in FLV.
     """
 
     def __init__(self) -> None:
@@ -123,12 +137,15 @@ class Timeline:
         c = self.tracks.get(kind)
         if c is None or c.last_rtp is None or c.offset is None:
             return  # before its first frame the report has nothing to anchor
-        ntp_seconds = ntp / (1 << 32)
-        c.ntp_zero = ntp_seconds - c.unwrap(rtp) / c.rate
-        if self.base is None:
-            self.base = c.ntp_zero - c.offset
-        c.offset = c.ntp_zero - self.base
+        c.estimates.append(ntp / (1 << 32) - c.unwrap(rtp) / c.rate)
+        ntp_zero = min(c.estimates)
         self.synced.add(kind)
+        if c.ntp_zero is not None and abs(ntp_zero - c.ntp_zero) < RESYNC_TOLERANCE:
+            return
+        c.ntp_zero = ntp_zero
+        if self.base is None:
+            self.base = ntp_zero - c.offset
+        c.offset = ntp_zero - self.base
 
 
 # -- the ingest session ------------------------------------------------------------------------
@@ -267,11 +284,14 @@ class WhipSession(PeerSession):
             self._opus(f, seconds)
 
     def _pts(self, kind: str, seconds: float, tb: Fraction) -> int:
-        """Session seconds -> pts, never going back within a track (clock re-anchoring)."""
+        """Session seconds -> pts, never going back within a track (clock re-anchoring), and
+        at least 1 ms after the previous frame, so millisecond outputs (FLV, RTMP) keep
+        strictly increasing timestamps too."""
         pts = max(0, round(seconds / tb))
         last = self._last_pts.get(kind)
-        if last is not None and pts <= last:
-            pts = last + 1
+        if last is not None:
+            step = max(1, tb.denominator // (1000 * tb.numerator))  # 1 ms
+            pts = max(pts, last + step)
         self._last_pts[kind] = pts
         return pts
 
