@@ -370,10 +370,13 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
                 kind, sid, mbuf, start, end, received = msg
                 try:
                     out = _child_handle(kind, sid, mbuf, start, end, steps, make_step, received)
+                    # sent (or held, with one thread) while the step is still busy here: with
+                    # helpers, the step's next message may code on another thread as soon as it
+                    # is free, and that result must not reach the parent before this one
+                    held.add(out, fast=work.is_fast(sid))
                 finally:
                     with cond:
                         busy.discard(sid)
-                held.add(out, fast=work.is_fast(sid))
         except OSError:  # e.g. BrokenPipeError: the gateway went away
             pass
         finally:
