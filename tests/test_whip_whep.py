@@ -333,6 +333,8 @@ def test_timeline_ignores_report_jitter_and_follows_real_drift() -> None:
     for i in range(whip_mod.SR_WINDOW):  # the sender's clock relation really moved by 50 ms
         report(10.0 + i, 0.0, shift=0.050)
     assert tl.seconds("video", v0 + 3 * 90000, arrival=103.0) == pytest.approx(anchored + 0.050)
+    report(20.0, 0.0, shift=2.050)  # a step of the sender's clocks counts at once
+    assert tl.seconds("video", v0 + 3 * 90000, arrival=103.0) == pytest.approx(anchored + 2.050)
 
 
 def test_video_pts_never_share_a_millisecond() -> None:

@@ -72,6 +72,7 @@ def request_keyframe(stream: Stream) -> bool:
 
 SR_WINDOW = 8  # sender reports whose earliest estimate anchors a track (~8 s of reports)
 RESYNC_TOLERANCE = 0.010  # s a track's anchor may move before the track is re-anchored
+CLOCK_STEP = 0.5  # s: an estimate this far off is a new clock relation, not a late packet
 
 
 @dataclass(slots=True)
@@ -112,7 +113,8 @@ class Timeline:
     earliest estimate of its last ``SR_WINDOW`` reports (the least delayed), and moves only
     when that differs by ``RESYNC_TOLERANCE`` or more: re-anchoring on every report made the
     clock jump back and forth by the sender's jitter (tens of ms on a loaded machine), and a
-    jump back of a frame interval made frames share a millisecond in FLV.
+    jump back of a frame interval made frames share a millisecond in FLV. An estimate
+    ``CLOCK_STEP`` off is a step of the sender's clocks and starts the window afresh.
     """
 
     def __init__(self) -> None:
@@ -137,7 +139,10 @@ class Timeline:
         c = self.tracks.get(kind)
         if c is None or c.last_rtp is None or c.offset is None:
             return  # before its first frame the report has nothing to anchor
-        c.estimates.append(ntp / (1 << 32) - c.unwrap(rtp) / c.rate)
+        estimate = ntp / (1 << 32) - c.unwrap(rtp) / c.rate
+        if c.ntp_zero is not None and abs(estimate - c.ntp_zero) >= CLOCK_STEP:
+            c.estimates.clear()  # the sender's clocks stepped: older reports no longer apply
+        c.estimates.append(estimate)
         ntp_zero = min(c.estimates)
         self.synced.add(kind)
         if c.ntp_zero is not None and abs(ntp_zero - c.ntp_zero) < RESYNC_TOLERANCE:
