@@ -184,3 +184,45 @@ def test_garbage_ts_post_gets_clear_error(gateway: RunningGateway) -> None:
         urllib.request.urlopen(req, timeout=10)
     assert e.value.code == 400
     assert "MPEG-TS" in e.value.read().decode()
+
+
+def test_publisher_restart_ends_jsmpeg_viewers_and_frees_the_transcoder(
+        gateway: RunningGateway, publish, clips) -> None:
+    """The publisher leaves: its jsmpeg viewers are closed with a reason (jsmpeg's player then
+    reconnects), the variant's codec steps stop, and a new publisher on the same key is
+    watched through a fresh variant."""
+    first = publish(clips["plain"], "live/again")
+    stream = gateway.gw.hub.streams["live/again"]
+
+    async def watch_until_closed() -> tuple[int, aiohttp.WSMessage, float]:
+        got = 0
+        async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/again.jsmpeg")) as ws:
+            while got < 100_000:  # the variant runs and sends pictures
+                msg = await ws.receive(timeout=10)
+                assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                got += len(msg.data)
+            variant = next(v for k, v in stream.sinks.items() if isinstance(k, tuple))
+            workers = list(variant.workers.values())
+            first.stop()
+            left = time.monotonic()
+            while True:
+                msg = await ws.receive(timeout=10)
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    break
+            closed_after = time.monotonic() - left
+            await asyncio.sleep(0.5)
+            # stopped, and the codec process confirmed closing each step (codecs freed)
+            assert variant.closed and all(w._stopped for w in workers), workers
+            assert not [w for w in workers if w.step_id in w._child.steps]
+            return got, msg, closed_after
+
+    got, msg, closed_after = asyncio.run(watch_until_closed())
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1000, msg
+    assert "publisher" in (msg.extra or ""), msg  # the reason, for the player's console
+    assert closed_after < 5, closed_after
+    assert "live/again" not in gateway.gw.hub.streams
+
+    publish(clips["plain"], "live/again")  # the same key again
+    data = asyncio.run(ws_collect(gateway.ws_url("live/again.jsmpeg"), 2.0))
+    frames = _decode_ts(data)
+    assert frames["video"] and frames["audio"]
