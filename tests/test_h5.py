@@ -14,6 +14,7 @@ import pytest
 
 from conftest import FFMPEG, FFPROBE, RunningGateway
 from flvcheck import capture, probe, ws_collect
+from gateway.transcode import pool as pool_mod
 from gateway.transcode.step import COUNTERS
 
 
@@ -226,3 +227,32 @@ def test_publisher_restart_ends_jsmpeg_viewers_and_frees_the_transcoder(
     data = asyncio.run(ws_collect(gateway.ws_url("live/again.jsmpeg"), 2.0))
     frames = _decode_ts(data)
     assert frames["video"] and frames["audio"]
+
+
+def test_viewer_churn_leaves_no_transcoder_behind(gateway: RunningGateway, publish, clips) -> None:
+    """Viewers that come and go (some at once, some after pictures) start and stop the
+    variant each time; afterwards no codec step is left in the processes, which stay up."""
+    publish(clips["plain"], "live/churn")
+    stream = gateway.gw.hub.streams["live/churn"]
+
+    async def churn() -> None:
+        async with aiohttp.ClientSession() as s:
+            for i in range(12):
+                async with s.ws_connect(gateway.ws_url("live/churn.jsmpeg")) as ws:
+                    got = 0
+                    while got < (20_000 if i % 2 else 1):
+                        msg = await ws.receive(timeout=10)
+                        assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                        got += len(msg.data)
+
+    asyncio.run(churn())
+    pool = pool_mod._POOLS[gateway.loop]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+            any(isinstance(k, tuple) for k in stream.sinks)
+            or any(c.steps for c in pool._children if c is not None)):
+        time.sleep(0.1)
+    assert not any(isinstance(k, tuple) for k in stream.sinks), "variant kept"
+    children = [c for c in pool._children if c is not None]
+    assert children and all(c.alive and not c.steps for c in children)
+    assert all(abs(c.load) < 1e-6 for c in children)  # "least loaded" sees them idle again
