@@ -29,6 +29,9 @@ class Config:
     matrix_dir: str = ""  # empty: the matrix shipped with the gateway
     limits: Limits = field(default_factory=Limits)
     max_message_size: int = 16 << 20  # largest RTMP message accepted from a peer
+    # Seconds a publisher (RTMP, MPEG-TS POST/WebSocket) may send nothing before it is
+    # disconnected and its stream ends, so a hung encoder does not hold the stream key; 0: never.
+    publish_timeout: float = 10.0
     # Where transcode steps run: -1 one worker process per CPU, 0 threads in the gateway
     # process (GIL-bound: several times the latency under load), N that many processes.
     transcode_processes: int = -1

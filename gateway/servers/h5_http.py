@@ -44,18 +44,38 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMethodNotAllowed(request.method, ["POST"], headers=CORS)
     stream, ingest = _publish(request)
     hub = request.app[CTX].hub
+    # a publisher that sends nothing for this long is disconnected: a hung encoder must not
+    # hold the stream key for ever (None: no limit)
+    timeout = request.app[CTX].config.publish_timeout or None
     reason = "publisher finished"
     try:
         if websocket:
             ws = web.WebSocketResponse(compress=False, max_msg_size=4 << 20)
             await ws.prepare(request)
-            async for msg in ws:
+            while True:
+                try:
+                    msg = await ws.receive(timeout=timeout)
+                except asyncio.TimeoutError:
+                    reason = f"no data from the publisher for {timeout:.0f} s"
+                    log.warning("ts %s: %s: %s; disconnecting", _peer(request), stream.key, reason)
+                    await ws.close(code=1001, message=reason.encode())
+                    break
                 if msg.type == WSMsgType.BINARY:
                     await ingest.feed(msg.data)
-                elif msg.type == WSMsgType.ERROR:
+                elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
+                                  WSMsgType.ERROR):
                     break
             return ws
-        while chunk := await request.content.read(READ_CHUNK):
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    chunk = await request.content.read(READ_CHUNK)
+            except TimeoutError:
+                reason = f"no data from the publisher for {timeout:.0f} s"
+                log.warning("ts %s: %s: %s; disconnecting", _peer(request), stream.key, reason)
+                raise web.HTTPRequestTimeout(text=f"{reason}\n", headers=CORS) from None
+            if not chunk:
+                break
             await ingest.feed(chunk)
         return web.Response(status=200, text=f"received {ingest.bytes_in} bytes\n", headers=CORS)
     except TsError as e:

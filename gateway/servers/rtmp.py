@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -45,6 +46,8 @@ class RtmpSession(asyncio.Protocol):
         self.limits = ctx.config.limits
         self.miniprogram_apps = ctx.config.miniprogram_apps
         self.max_message_size = ctx.config.max_message_size
+        self.publish_timeout = ctx.config.publish_timeout
+        self.last_rx = time.monotonic()
         self.transport: asyncio.Transport | None = None
         self.conn: rc.ServerConnection | None = None
         self.peer = "?"
@@ -68,6 +71,7 @@ class RtmpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self.conn is None:
             return
+        self.last_rx = time.monotonic()
         try:
             for event in self.conn.receive_data(data):
                 self._handle(event)
@@ -132,6 +136,23 @@ class RtmpSession(asyncio.Protocol):
         self.publish_id = ev.stream_id
         self.ingest = FlvIngest(self.stream)
         self.conn.accept_publish(ev.stream_id)
+        if self.publish_timeout > 0:
+            self._watch_publisher(self.stream)
+
+    def _watch_publisher(self, stream: Stream) -> None:
+        """A publisher that sends nothing for ``publish_timeout`` s is disconnected: a hung
+        encoder (its TCP connection still open) must not hold the stream key for ever."""
+        if self.closed or self.stream is not stream:
+            return
+        idle = time.monotonic() - self.last_rx
+        if idle >= self.publish_timeout:
+            log.warning("rtmp %s: no data from the publisher of %s for %.0f s; disconnecting",
+                        self.peer, stream.key, idle)
+            self._stop_publish(f"no data from the publisher for {idle:.0f} s")
+            self._close(abort=True)
+            return
+        asyncio.get_running_loop().call_later(
+            max(0.1, min(1.0, self.publish_timeout - idle)), self._watch_publisher, stream)
 
     def _play(self, ev: rc.PlayRequested) -> None:
         assert self.conn is not None and self.transport is not None
