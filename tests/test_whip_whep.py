@@ -23,9 +23,10 @@ import flvcheck
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
-from conftest import RunningGateway
+from conftest import RunningGateway, _start_gateway
 
 from gateway.codecs import h264
+from gateway.config import Config
 from gateway.media import Frame, Track
 from gateway.servers.webrtc_http import SESSIONS
 from gateway.transcode.step import COUNTERS
@@ -816,3 +817,44 @@ def test_whip_to_jsmpeg(gateway: RunningGateway, h264_clip: Clip, tmp_path: Path
     p = flvcheck.probe(tmp_path / "js.ts")
     assert p.codecs.get("video") == "mpeg1video", p.codecs
     assert len(p.video_dts) >= 10
+
+
+class _StallingTrack(LoopTrack):
+    """Sends ``limit`` packets, then none, while the peer connection stays up (a frozen tab)."""
+
+    def __init__(self, *args, limit: int, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.limit = limit
+
+    async def recv(self) -> av.Packet:
+        if self.i >= self.limit:
+            await asyncio.Event().wait()  # for ever: the sender stops sending RTP
+        return await super().recv()
+
+
+def test_whip_publisher_without_media_is_closed_and_its_stream_ends(h264_clip: Clip) -> None:
+    gen = _start_gateway(Config(host="127.0.0.1", rtmp_port=0, http_port=0, publish_timeout=1.0))
+    gateway = next(gen)
+    try:
+        with ClientLoop() as clients:
+            async def start() -> WhipClient:
+                start_at: list[float] = []
+                pub = WhipClient(gateway.http_url("live/frozen/whip"),
+                                 [_StallingTrack("video", h264_clip.video, start_at, limit=45),
+                                  _StallingTrack("audio", h264_clip.audio, start_at, limit=75)])
+                await pub.start()
+                return pub
+
+            pub = clients.run(start())
+            try:
+                gateway.wait_stream("live/frozen")
+                whip = next(iter(sessions(gateway).values()))
+                deadline = time.monotonic() + 1.5 + 1.0 + 3  # media, timeout, margin
+                while "live/frozen" in gateway.gw.hub.streams:
+                    assert time.monotonic() < deadline, "stalled WHIP publisher kept its stream"
+                    time.sleep(0.05)
+                assert whip.closed and "no media from the publisher" in whip.close_reason
+            finally:
+                clients.run(pub.close())
+    finally:
+        next(gen, None)

@@ -185,7 +185,9 @@ def add_routes(app: web.Application) -> None:
     """Register WHIP/WHEP and the pages; settings follow the gateway's bind address."""
     app[SESSIONS] = {}
     if SETTINGS not in app:
-        app[SETTINGS] = Settings.for_host(app[CTX].config.host)
+        settings = Settings.for_host(app[CTX].config.host)
+        settings.publish_timeout = app[CTX].config.publish_timeout
+        app[SETTINGS] = settings
     r = app.router
     for role, post in (("whip", whip_post), ("whep", whep_post)):
         r.add_post(f"/{{app}}/{{name}}/{role}", post)

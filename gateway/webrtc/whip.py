@@ -181,6 +181,7 @@ class WhipSession(PeerSession):
         self._pt_codec: dict[int, str] = {}
         self._ssrc_kind: dict[int, str] = {}
         self._guard: asyncio.Task[None] | None = None
+        self._last_rx = 0.0  # monotonic time of the latest media frame (or of connecting)
         self.frames = {"video": 0, "audio": 0}
         self.dropped = {"video": 0, "audio": 0}
         self.keyframes = 0
@@ -243,6 +244,7 @@ class WhipSession(PeerSession):
     def on_connected(self) -> None:
         log.info("%r: connected (%s)", self, ", ".join(f"{k} {c}" for k, c in self.codecs.items()))
         self.request_keyframe()
+        self._last_rx = time.monotonic()
         self._guard = asyncio.ensure_future(self._keyframe_guard())
 
     # -- keyframes -----------------------------------------------------------------------
@@ -260,12 +262,20 @@ class WhipSession(PeerSession):
         return True
 
     async def _keyframe_guard(self) -> None:
-        """Keep GOPs short (browsers send keyframes only when asked) and retry missing ones."""
+        """Keep GOPs short (browsers send keyframes only when asked) and retry missing ones;
+        close a session whose publisher sends no media for ``publish_timeout`` s."""
         try:
             while not self.closed:
                 await asyncio.sleep(0.25)
-                if "video" not in self.codecs:
+                timeout = self.settings.publish_timeout
+                if timeout and time.monotonic() - self._last_rx >= timeout:
+                    log.warning("%r: no media for %.0f s; closing", self, timeout)
+                    # its own task: closing cancels this one
+                    asyncio.ensure_future(self.close(f"no media from the publisher for "
+                                                     f"{timeout:.0f} s"))
                     return
+                if "video" not in self.codecs:
+                    continue
                 since = time.monotonic() - (self._last_key or self.connected_at)
                 if self._need_key or since >= self.settings.keyframe_interval:
                     self.request_keyframe()
@@ -277,6 +287,7 @@ class WhipSession(PeerSession):
     def _frame(self, kind: str, f: seam.EncodedFrame) -> None:
         if self.closed or self.stream is None:
             return
+        self._last_rx = f.arrival
         codec = self._pt_codec.get(f.payload_type)
         if codec is None:
             return
