@@ -113,3 +113,36 @@ def test_live_publisher_outlasts_the_timeout(quick: RunningGateway, clips: dict[
         assert "live/alive" in quick.gw.hub.streams
     finally:
         pub.stop()
+
+
+def test_rtmp_connection_that_never_publishes_or_plays_is_closed(quick: RunningGateway,
+                                                                 clips: dict[str, Path]) -> None:
+    """A TCP connection that sends nothing (or only part of a handshake) is closed after the
+    timeout; a player is not (it sends little once it plays)."""
+    import socket
+
+    player = Publisher(clips["plain"], quick.rtmp_url("live/watched"))
+    try:
+        quick.wait_stream("live/watched")
+        reader = subprocess.Popen([FFMPEG, "-hide_banner", "-loglevel", "error", "-i",
+                                   quick.rtmp_url("live/watched"), "-c", "copy", "-f", "null", "-"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        idle = [socket.create_connection(("127.0.0.1", quick.rtmp_port), timeout=TIMEOUT + 3)
+                for _ in range(2)]
+        idle[1].sendall(b"\x03" + bytes(100))  # the start of a handshake (C0 + part of C1)
+        t0 = time.monotonic()
+        for s in idle:
+            try:
+                while s.recv(4096):  # the server's S0/S1/S2 for the second one, then EOF
+                    pass
+            except ConnectionResetError:
+                pass  # closed with an abort (RST)
+            s.close()
+        assert TIMEOUT * 0.8 <= time.monotonic() - t0 < TIMEOUT + 2
+        time.sleep(TIMEOUT * 2)
+        assert reader.poll() is None, "the player was disconnected"
+        reader.kill()
+        reader.wait(5)
+    finally:
+        player.stop()

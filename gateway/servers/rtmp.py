@@ -67,6 +67,17 @@ class RtmpSession(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.conn = rc.ServerConnection(chunk_size_out=CHUNK_SIZE,
                                         max_message_size=self.max_message_size)
+        if self.publish_timeout > 0:
+            asyncio.get_running_loop().call_later(self.publish_timeout, self._check_started)
+
+    def _check_started(self) -> None:
+        """A connection that neither publishes nor plays within ``publish_timeout`` s (a port
+        scan, a stalled handshake, a client that never asks) is closed: idle sockets are not
+        free, and nothing else would ever end them."""
+        if not self.closed and self.stream is None and self.play is None:
+            log.info("rtmp %s: no publish or play within %.0f s; closing", self.peer,
+                     self.publish_timeout)
+            self._close(abort=True)
 
     def data_received(self, data: bytes) -> None:
         if self.closed or self.conn is None:
