@@ -4,6 +4,7 @@ after ``publish_timeout`` and its stream ends, so the key is free again; a live 
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import threading
 import time
@@ -119,8 +120,6 @@ def test_rtmp_connection_that_never_publishes_or_plays_is_closed(quick: RunningG
                                                                  clips: dict[str, Path]) -> None:
     """A TCP connection that sends nothing (or only part of a handshake) is closed after the
     timeout; a player is not (it sends little once it plays)."""
-    import socket
-
     player = Publisher(clips["plain"], quick.rtmp_url("live/watched"))
     try:
         quick.wait_stream("live/watched")

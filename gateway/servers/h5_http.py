@@ -38,6 +38,13 @@ def _publish(request: web.Request) -> tuple[Stream, TsIngest]:
     return stream, TsIngest(stream)
 
 
+def _idle(request: web.Request, stream: Stream, timeout: float | None) -> str:
+    """Log and return why an idle publisher is being disconnected."""
+    reason = f"no data from the publisher for {timeout or 0:.0f} s"
+    log.warning("ts %s: %s: %s; disconnecting", _peer(request), stream.key, reason)
+    return reason
+
+
 async def ts_ingest(request: web.Request) -> web.StreamResponse:
     websocket = request.headers.get("Upgrade", "").lower() == "websocket"
     if not websocket and request.method != "POST":
@@ -56,8 +63,7 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
                 try:
                     msg = await ws.receive(timeout=timeout)
                 except asyncio.TimeoutError:
-                    reason = f"no data from the publisher for {timeout:.0f} s"
-                    log.warning("ts %s: %s: %s; disconnecting", _peer(request), stream.key, reason)
+                    reason = _idle(request, stream, timeout)
                     await ws.close(code=1001, message=reason.encode())
                     break
                 if msg.type == WSMsgType.BINARY:
@@ -71,8 +77,7 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
                 async with asyncio.timeout(timeout):
                     chunk = await request.content.read(READ_CHUNK)
             except TimeoutError:
-                reason = f"no data from the publisher for {timeout:.0f} s"
-                log.warning("ts %s: %s: %s; disconnecting", _peer(request), stream.key, reason)
+                reason = _idle(request, stream, timeout)
                 raise web.HTTPRequestTimeout(text=f"{reason}\n", headers=CORS) from None
             if not chunk:
                 break

@@ -121,7 +121,6 @@ class Admission:
             return False
 
 
-
 class Admitted:
     """A worker's ``Admission`` counts as the worker's own attributes (what ``TrackWorker``
     and the stats read), for thread and process workers alike."""
@@ -139,6 +138,7 @@ class Admitted:
     @property
     def shed(self) -> int:
         return self._admission.shed
+
 
 def _latency_edges() -> tuple[float, ...]:
     """Bucket upper bounds: 1 ms up to 100 ms (the targets are tens of ms), coarser beyond."""

@@ -245,7 +245,7 @@ class WhipSession(PeerSession):
         log.info("%r: connected (%s)", self, ", ".join(f"{k} {c}" for k, c in self.codecs.items()))
         self.request_keyframe()
         self._last_rx = time.monotonic()
-        self._guard = asyncio.ensure_future(self._keyframe_guard())
+        self._guard = asyncio.ensure_future(self._guard_loop())
 
     # -- keyframes -----------------------------------------------------------------------
 
@@ -261,7 +261,7 @@ class WhipSession(PeerSession):
             self._last_pli = now
         return True
 
-    async def _keyframe_guard(self) -> None:
+    async def _guard_loop(self) -> None:
         """Keep GOPs short (browsers send keyframes only when asked) and retry missing ones;
         close a session whose publisher sends no media for ``publish_timeout`` s."""
         try:
