@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -256,3 +257,46 @@ def test_viewer_churn_leaves_no_transcoder_behind(gateway: RunningGateway, publi
     children = [c for c in pool._children if c is not None]
     assert children and all(c.alive and not c.steps for c in children)
     assert all(abs(c.load) < 1e-6 for c in children)  # "least loaded" sees them idle again
+
+
+def test_stalled_jsmpeg_viewer_is_cut_off_and_its_connection_closed(gateway: RunningGateway, publish,
+                                                                     clips) -> None:
+    """A jsmpeg tab that stops reading (frozen, backgrounded on a bad link) must not hold memory
+    or a connection: it is cut off from the shared variant and its socket is closed, while
+    another viewer of the same variant keeps decoding."""
+    limits = gateway.gw.config.limits
+    limits.soft_limit, limits.hard_limit, limits.max_behind = 32 << 10, 128 << 10, 2.0
+    limits.socket_send_buffer = 16 << 10  # so the kernel does not absorb the backlog
+    publish(clips["plain"], "live/stall")
+    stream = gateway.gw.hub.streams["live/stall"]
+    s = socket.create_connection(("127.0.0.1", gateway.http_port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"GET /live/stall.jsmpeg HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")  # then never reads
+
+    def viewers() -> int:
+        return sum(len(f.viewers) for k, v in stream.sinks.items() if isinstance(k, tuple)
+                   for out in v.sinks.values() for f in out.fanouts.values())
+
+    deadline = time.monotonic() + 10
+    while not viewers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert viewers() == 1, "the stalled viewer never joined"
+    data = asyncio.run(ws_collect(gateway.ws_url("live/stall.jsmpeg"), 4.0))  # alongside, unharmed
+    frames = _decode_ts(data)
+    assert len(frames["video"]) >= 60 and frames["audio"], len(frames["video"])
+    deadline = time.monotonic() + 20
+    while viewers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert viewers() == 0, "stalled viewer still attached"
+    # the server closes the connection: after what was in flight, EOF or a reset, not silence
+    s.settimeout(15)
+    try:
+        while s.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        pass
+    finally:
+        s.close()
+    assert not stream.ended  # the publisher was never stalled
