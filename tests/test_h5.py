@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -16,6 +18,7 @@ import pytest
 from conftest import FFMPEG, FFPROBE, RunningGateway
 from flvcheck import capture, probe, ws_collect
 from gateway.transcode import pool as pool_mod
+from gateway.transcode import variant as variant_mod
 from gateway.transcode.step import COUNTERS
 
 
@@ -300,3 +303,93 @@ def test_stalled_jsmpeg_viewer_is_cut_off_and_its_connection_closed(gateway: Run
     finally:
         s.close()
     assert not stream.ended  # the publisher was never stalled
+
+
+def _kill_codec_processes(gateway: RunningGateway) -> list[int]:
+    """SIGKILL every transcode process of the gateway, as a crash in a codec or the OOM killer would."""
+    pool = pool_mod._POOLS[gateway.loop]
+    pids = [c.process.pid for c in pool._children if c is not None and c.alive]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def test_viewers_keep_playing_when_a_transcode_process_dies(gateway: RunningGateway, publish,
+                                                            clips) -> None:
+    """A codec process hosts the variants of many streams: when it dies, each variant restarts
+    its steps in a live process and its jsmpeg viewers keep their connection and get decodable
+    pictures again (from the next keyframe); nobody has to reconnect."""
+    publish(clips["plain"], "live/crash1")
+    publish(clips["plain"], "live/crash2")
+    streams = [gateway.gw.hub.streams[f"live/crash{i}"] for i in (1, 2)]
+
+    async def watch(url: str, killed: asyncio.Event, after: bytearray) -> int:
+        before, end = 0, float("inf")
+        async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
+            while time.monotonic() < end:
+                if killed.is_set() and end == float("inf"):
+                    end = time.monotonic() + 4.0  # what the viewer gets in the 4 s after the kill
+                msg = await ws.receive(timeout=10)
+                assert msg.type == aiohttp.WSMsgType.BINARY, msg  # never closed
+                if killed.is_set():
+                    after += msg.data
+                else:
+                    before += len(msg.data)
+        return before
+
+    async def run() -> tuple[list[int], list[bytearray], list[int]]:
+        killed = asyncio.Event()
+        after = [bytearray(), bytearray()]
+        tasks = [asyncio.ensure_future(watch(gateway.ws_url(f"live/crash{i}.jsmpeg"), killed, after[i - 1]))
+                 for i in (1, 2)]
+        await asyncio.sleep(2.5)  # both variants run
+        variants.extend(v for st in streams for k, v in st.sinks.items() if isinstance(k, tuple))
+        pids = _kill_codec_processes(gateway)
+        killed.set()
+        before = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        return before, after, pids
+
+    variants: list[variant_mod.Variant] = []
+    before, after, pids = asyncio.run(run())
+    assert pids and all(b > 50_000 for b in before), before
+    for data in after:
+        frames = _decode_ts(bytes(data))
+        assert len(frames["video"]) >= 45 and frames["audio"], len(frames["video"])
+    assert len(variants) == 2
+    for variant in variants:  # restarted in place, not ended and started again
+        assert variant.restarts == {"video": 1, "audio": 1}, variant.restarts
+        assert variant.stats()["video"]["restarts"] == 1  # what /api/streams shows
+    assert not any(stream.ended for stream in streams)
+    pool = pool_mod._POOLS[gateway.loop]
+    assert not {c.process.pid for c in pool._children if c is not None} & set(pids)
+
+
+def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
+        gateway: RunningGateway, publish, clips, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step whose process dies again and again (say a bitstream that crashes the decoder) is
+    not restarted for ever: past the budget its variant ends and its viewers are told why."""
+    monkeypatch.setattr(variant_mod, "RESTARTS", 1)
+    publish(clips["plain"], "live/crashloop")
+    stream = gateway.gw.hub.streams["live/crashloop"]
+
+    async def run() -> aiohttp.WSMessage:
+        async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/crashloop.jsmpeg")) as ws:
+            for _ in range(2):  # the first death is survived, the second is one too many
+                got = 0
+                while got < 20_000:
+                    msg = await ws.receive(timeout=10)
+                    assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                    got += len(msg.data)
+                await asyncio.sleep(0.5)  # the replacement process is up and coding
+                _kill_codec_processes(gateway)
+            while True:
+                msg = await ws.receive(timeout=10)
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    return msg
+
+    msg = asyncio.run(run())
+    assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+    assert "transcoder failed" in (msg.extra or ""), msg
+    assert not any(isinstance(k, tuple) for k in stream.sinks)  # a new viewer gets a fresh variant
+    data = asyncio.run(ws_collect(gateway.ws_url("live/crashloop.jsmpeg"), 2.0))
+    assert _decode_ts(data)["video"]

@@ -479,7 +479,8 @@ def _result(sid: int, st: _ChildStep, frames: list[Frame], wait_us: int,
 class PoolStep(Admitted):
     """The gateway's handle on one step in a worker process; same surface as a thread Worker.
 
-    ``failed`` is set (and the track stops) when the step cannot open or its process dies.
+    ``failed`` is set (and the track stops) when the step cannot open or its process dies
+    (``lost``); ``on_failed`` tells the owner, which may open a new step in a live process.
     """
 
     def __init__(self, step_id: int, name: str, t: planner.Transcode, source: Track,
@@ -495,6 +496,7 @@ class PoolStep(Admitted):
         self.frames_out = 0
         self.timings = Timings()  # arrival -> outputs back: sockets, process queue, coding
         self.failed: str | None = None
+        self.lost = False  # failed because its process died (not because it could not open)
         self.on_failed: Callable[[str], None] | None = None
         self._deliver = deliver
         self._admission = Admission(name, t.kind, limit, log, shed_at)
@@ -767,6 +769,7 @@ class _Child:
                   len(self.steps))
         steps, self.steps = list(self.steps.values()), {}
         for step in steps:
+            step.lost = True
             step._fail(f"transcode process lost: {why}")
 
     def _detach(self) -> None:

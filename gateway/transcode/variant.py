@@ -34,6 +34,10 @@ StepFactory = Callable[[planner.Transcode, Track], Step]
 HOLD_AUDIO_FRAMES = 500  # ~10 s of audio held while the first video keyframe is coded
 QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step is behind
 SHED_FRAMES = {"video": 30}  # ~1 s queued: shed non-reference frames (see Admission)
+#: A step whose process died is restarted at most this often per ``RESTART_WINDOW`` seconds;
+#: beyond that the variant ends (its viewers are told why and may come back to a fresh one).
+RESTARTS = 3
+RESTART_WINDOW = 60.0
 
 #: Where steps run: < 0 one worker process per CPU, 0 threads in this process, N > 0 processes.
 #: Set by the composition root from ``Config.transcode_processes`` (see ``configure``).
@@ -166,6 +170,8 @@ class Variant(Stream):
         self._loop = asyncio.get_running_loop()
         self.workers: dict[str, TrackWorker] = {}
         self.closed = False
+        self.restarts: dict[str, int] = {}  # steps restarted after their process died, per kind
+        self._restarted: dict[str, collections.deque[float]] = {}  # per kind: when
         for track in source.tracks.values():
             self._track_in(track)
         # audio waits for the first transcoded video keyframe: until then a viewer could not use
@@ -210,11 +216,14 @@ class Variant(Stream):
         limit = QUEUE_FRAMES.get(tp.kind, 100)
         if _processes != 0 and self._factory is _default_factory:
             try:
-                return pool.get_pool(_processes, _threads).open(
+                step = pool.get_pool(_processes, _threads).open(
                     name, tp, track, self._deliver, limit, group=self,
                     shed_at=SHED_FRAMES.get(tp.kind))
             except Exception:  # a transcode in a thread beats no transcode
                 log.exception("%s: cannot use the transcode pool; using a thread", name)
+            else:
+                step.on_failed = lambda _text: self._step_failed(step)
+                return step
         return Worker(name, tp, track, self._factory, self._deliver, self._loop)
 
     def on_track(self, track: Track) -> None:
@@ -261,6 +270,36 @@ class Variant(Stream):
         else:
             self.push(frame)
 
+    def _step_failed(self, step: pool.PoolStep) -> None:
+        """A step's process died (a crash in a codec, the OOM killer, a kill): the variants it
+        hosted belong to other streams too, so each restarts its step in a live process and its
+        viewers keep playing (video again from the next keyframe). A step that keeps dying ends
+        the variant with a reason, so that it does not take a process down for ever."""
+        if self.closed or not step.lost or self.workers.get(step.kind) is not step:
+            return  # a step that cannot open stays stopped: the variant goes on without it
+        now = time.monotonic()
+        times = self._restarted.setdefault(step.kind, collections.deque())
+        times.append(now)
+        while now - times[0] > RESTART_WINDOW:
+            times.popleft()
+        if len(times) > RESTARTS:
+            reason = (f"{step.kind} transcoder failed {len(times)} times in "
+                      f"{RESTART_WINDOW:.0f} s ({step.failed})")
+            log.error("%s: %s; variant ended", self.key, reason)
+            self._stop()
+            self.end(reason)
+            self.source.drop_sink(self.key_in_source)
+            return
+        track = self.source.tracks.get(step.kind)
+        if track is None:
+            return
+        self.restarts[step.kind] = self.restarts.get(step.kind, 0) + 1
+        log.warning("%s: restarting the %s transcode in a live process (%s)", self.key, step.kind,
+                    step.failed)
+        self._track_in(track)
+        if step.kind == "video":
+            self.source.request_keyframe()  # the new decoder starts at one
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def drop_sink(self, key: object) -> None:
@@ -280,7 +319,8 @@ class Variant(Stream):
     def stats(self) -> dict[str, object]:
         """Per transcoded track: frames in/out/dropped (and ``skipped``: video frames discarded
         after a drop until the next keyframe; ``shed``: non-reference frames not coded while
-        the queue was long), arrival->ready latency p50/p99 (ms) of
+        the queue was long; ``restarts``: steps restarted after their process died),
+        arrival->ready latency p50/p99 (ms) of
         the recent frames and how much of it was waiting for the worker and coding, and the
         cumulative histograms of each (diff two snapshots for a window)."""
         out: dict[str, object] = {}
@@ -288,6 +328,7 @@ class Variant(Stream):
             out[kind] = {"step": f"{w.transcode.from_codec}->{w.transcode.to_codec}",
                          "in": w.frames_in, "out": w.frames_out, "dropped": w.dropped,
                          "skipped": w.skipped, "shed": w.shed,
+                         "restarts": self.restarts.get(kind, 0),
                          **w.timings.stats()}
         return out
 
