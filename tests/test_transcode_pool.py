@@ -567,6 +567,35 @@ def test_variant_starting_on_a_backlog_keeps_audio_from_the_keyframe(media) -> N
     _run(main)
 
 
+def test_a_variant_starting_on_a_full_gop_drops_no_live_frame(media, monkeypatch) -> None:
+    """The GOP cache replayed at a variant's start, then live frames before the worker coded
+    anything (its process may still be starting): none is dropped, so the first viewer's video
+    does not freeze for a GOP right after its first pictures."""
+    vt, vframes = media["video"]
+    at, _ = media["audio"]
+    monkeypatch.setitem(variant_mod.QUEUE_FRAMES, "video", 40)
+
+    async def main() -> None:
+        source = Stream("live/fullgop", StreamInfo("rtmp"), "test")
+        source.set_track(vt)
+        source.set_track(at)
+        for f in vframes[:30]:
+            source.push(f)  # a whole GOP in the cache before any viewer
+        plan = _plan(media)
+        key = ("variant", plan.variant_key())
+        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key))
+        viewer = var.sink("viewer", lambda s: _Collect())
+        for f in vframes[30:70]:  # no await: nothing can be coded meanwhile
+            source.push(f)
+        w = var.workers["video"]
+        assert (w.frames_in, w.dropped, w.skipped) == (70, 0, 0)
+        await _until(lambda: var.stats()["video"]["out"] >= 70 - 4)  # type: ignore[index]
+        assert viewer.frames[0].keyframe
+        var.drop_sink("viewer")
+
+    _run(main)
+
+
 def test_prestart_starts_the_processes_with_the_gateway() -> None:
     from gateway import app
     from gateway.config import Config

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from fractions import Fraction
 
+from gateway.media import Frame, Track
 from gateway.transcode import pool as pool_mod
-from gateway.transcode.step import Latency, histogram_percentile
+from gateway.transcode.step import Admission, Latency, histogram_percentile
 
 
 def _order(msgs: list[tuple[int, int, bytes]]) -> list[tuple[int, int]]:
@@ -97,3 +100,24 @@ def test_a_busy_step_is_skipped_and_each_step_keeps_its_order() -> None:
     assert take({1}) == (F, 2, b"1")
     assert work.oldest(set()) == 0.0 and work.oldest({1, 2}) is None
     assert [take(set()) for _ in range(3)] == [(F, 1, b"2"), (F, 2, b"2"), None]
+
+
+def test_a_start_up_replay_is_not_backlog_but_stays_bounded() -> None:
+    """A variant starts by feeding its GOP cache at once: those frames do not fill the queue
+    bound for the live frames behind them, but only ``limit`` of them are let off."""
+    track = Track(kind="video", codec="h264")
+    key, inter = (Frame(track, b"", 0, 0, Fraction(1, 1000), k) for k in (True, False))
+    a = Admission("t", "video", 5, logging.getLogger("t"))
+    queued = 0
+    for i in range(7):  # a GOP of 7: 5 let off, 2 count
+        assert a.admit(key if i == 0 else inter, queued, replay=True)
+        queued += 1
+    for _ in range(3):  # live: 2 + 3 = 5 counted
+        assert a.admit(inter, queued)
+        queued += 1
+    assert not a.admit(inter, queued) and a.dropped == 1
+    a.need_key = False  # (what a keyframe would do) so the bound alone decides below
+    queued -= 7  # the worker coded the replayed frames, the oldest ones
+    assert a.admit(inter, queued)  # 3 queued: room again, under the plain bound
+    queued += 1
+    assert a.admit(inter, queued) and not a.admit(inter, queued + 1)

@@ -514,10 +514,10 @@ class PoolStep(Admitted):
     def in_flight(self) -> int:
         return len(self._arrivals)
 
-    def submit(self, frame: Frame) -> None:
+    def submit(self, frame: Frame, replay: bool = False) -> None:
         if self._stopped or self.failed is not None:
             return
-        if not self._admission.admit(frame, len(self._arrivals)):
+        if not self._admission.admit(frame, len(self._arrivals), replay):
             return
         self._arrivals.append(time.perf_counter())
         self.frames_in += 1

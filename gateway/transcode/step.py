@@ -67,6 +67,11 @@ class Admission:
     single frames and keeps its latency, instead of a whole GOP at a time after seconds of
     backlog. Not before the worker is ``warm`` (has coded a frame): a queue that builds up
     while a worker process starts is a one-off wait, not a sign of falling behind.
+
+    A variant starts by feeding its steps the source's GOP cache at once (``replay``): up to
+    ``limit`` such frames are admitted and, while they wait, not counted as backlog. Counted,
+    a full GOP filled the queue by itself, and the live frames behind it were dropped: new
+    viewers' video froze for a GOP right after their first pictures.
     """
 
     def __init__(self, name: str, kind: str, limit: int, log: logging.Logger,
@@ -81,15 +86,29 @@ class Admission:
         self.skipped = 0  # after a drop: video frames discarded until the next keyframe
         self.shed = 0  # disposable frames not coded because the queue was long
         self.warm = False  # set by the worker once it has coded a frame
+        self.admitted = 0
+        self.replayed = 0  # admitted as a start-up replay; they are the oldest in the queue
         self._nal_sizes: tuple[Track | None, int] = (None, 4)  # track -> its AVCC length size
 
-    def admit(self, frame: Frame, queued: int) -> bool:
+    def admit(self, frame: Frame, queued: int, replay: bool = False) -> bool:
+        """Whether ``frame`` goes in, with ``queued`` frames admitted and not coded yet."""
+        if self._admit(frame, queued, replay):
+            self.admitted += 1
+            return True
+        return False
+
+    def _admit(self, frame: Frame, queued: int, replay: bool) -> bool:
         if self.need_key:
             if not frame.keyframe:
                 if self.dropped:  # not the start, which waits for its first keyframe anyway
                     self.skipped += 1
                 return False
             self.need_key = False
+        if replay and self.replayed < self.limit:
+            self.replayed += 1
+            return True
+        # what is queued beyond the replayed frames still waiting (coded in arrival order)
+        queued -= max(0, self.replayed - (self.admitted - queued))
         if queued < self.shed_at:
             return True
         if queued < self.limit:

@@ -63,7 +63,8 @@ class TrackWorker(Protocol):
     shed: int
     timings: Timings
 
-    def submit(self, frame: Frame) -> None: ...
+    def submit(self, frame: Frame, replay: bool = False) -> None:
+        """Queue ``frame`` (``replay``: from the source's GOP cache, as the variant starts)."""
 
     def stop(self) -> None: ...
 
@@ -89,7 +90,8 @@ class Worker(Admitted):
         self._deliver = deliver
         self._loop = loop
         limit = QUEUE_FRAMES.get(t.kind, 100)
-        self._q: queue.Queue[tuple[Frame, float] | None] = queue.Queue(limit)
+        # a start-up replay of up to ``limit`` frames comes on top of the live bound
+        self._q: queue.Queue[tuple[Frame, float] | None] = queue.Queue(2 * limit)
         self._admission = Admission(name, t.kind, limit, log, SHED_FRAMES.get(t.kind))
         self.frames_in = 0
         self.frames_out = 0
@@ -97,9 +99,9 @@ class Worker(Admitted):
         self._thread = threading.Thread(target=self._run, name=f"transcode {name}", daemon=True)
         self._thread.start()
 
-    def submit(self, frame: Frame) -> None:
+    def submit(self, frame: Frame, replay: bool = False) -> None:
         # only this thread puts, the worker only takes: an admitted frame always fits
-        if self._admission.admit(frame, self._q.qsize()):
+        if self._admission.admit(frame, self._q.qsize(), replay):
             self._q.put_nowait((frame, time.perf_counter()))
             self.frames_in += 1
 
@@ -180,7 +182,7 @@ class Variant(Stream):
         self._held: collections.deque[Frame] | None = (
             collections.deque(maxlen=HOLD_AUDIO_FRAMES) if "video" in self.workers else None)
         for frame in source.gop:
-            self.on_frame(frame)
+            self._in(frame, replay=True)
         if self.workers.get("video") is not None and not source.gop:
             source.request_keyframe()  # the video decoder can only start at one
         log.info("%s: variant started: %s", source.key, plan)
@@ -235,11 +237,13 @@ class Variant(Stream):
             self.set_metadata(metadata)
 
     def on_frame(self, frame: Frame) -> None:
-        if self.closed:
-            return
+        if not self.closed:
+            self._in(frame)
+
+    def _in(self, frame: Frame, replay: bool = False) -> None:
         w = self.workers.get(frame.track.kind)
         if w is not None:
-            w.submit(frame)
+            w.submit(frame, replay)
             return
         if frame.track.kind in self.tracks and self.tracks[frame.track.kind] is frame.track:
             self._out(frame)
