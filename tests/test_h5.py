@@ -393,3 +393,26 @@ def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
     assert not any(isinstance(k, tuple) for k in stream.sinks)  # a new viewer gets a fresh variant
     data = asyncio.run(ws_collect(gateway.ws_url("live/crashloop.jsmpeg"), 2.0))
     assert _decode_ts(data)["video"]
+
+
+@pytest.mark.parametrize("only", ["audio", "video"])
+def test_single_track_rtmp_source_plays_as_jsmpeg(gateway: RunningGateway, only: str) -> None:
+    """A radio-style (AAC only) or silent (H.264 only) publisher: the jsmpeg variant carries
+    just that track, MP2 or MPEG-1, and starts at once."""
+    src = (["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-c:a", "aac"] if only == "audio"
+           else ["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-c:v", "libx264", "-preset",
+                 "veryfast", "-g", "30", "-bf", "0"])
+    key = f"live/{only}only"
+    p = subprocess.Popen([FFMPEG, "-hide_banner", "-v", "error", "-re", *src[:4], "-t", "20", *src[4:],
+                          "-f", "flv", gateway.rtmp_url(key)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        gateway.wait_stream(key, video=only == "video", tracks=1)
+        data = asyncio.run(ws_collect(gateway.ws_url(f"{key}.jsmpeg"), 2.5))
+    finally:
+        p.terminate()
+        p.wait(5)
+    frames = _decode_ts(data)
+    assert frames["codecs"][0] == ({"audio": "mp2"} if only == "audio" else {"video": "mpeg1video"})
+    other = "video" if only == "audio" else "audio"
+    assert not frames[other]
+    assert len(frames[only]) >= (80 if only == "audio" else 60), len(frames[only])  # 2.5 s: ~96 / ~75
