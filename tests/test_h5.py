@@ -416,3 +416,34 @@ def test_single_track_rtmp_source_plays_as_jsmpeg(gateway: RunningGateway, only:
     other = "video" if only == "audio" else "audio"
     assert not frames[other]
     assert len(frames[only]) >= (80 if only == "audio" else 60), len(frames[only])  # 2.5 s: ~96 / ~75
+
+
+def test_later_jsmpeg_viewer_starts_at_once_from_the_variants_gop_cache(gateway: RunningGateway, publish,
+                                                                         clips) -> None:
+    """A viewer joining a running variant gets its cached GOP at once: the first bytes are a
+    sequence header and an I-frame, and the first picture arrives without waiting for the
+    next keyframe (nor for a transcoder to start)."""
+    publish(clips["plain"], "live/later")
+
+    async def run() -> tuple[bytes, float]:
+        first = asyncio.ensure_future(ws_collect(gateway.ws_url("live/later.jsmpeg"), 4.0))
+        await asyncio.sleep(1.7)  # the variant runs; 0.7 s into its 1 s GOP (30 frames)
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/later.jsmpeg")) as ws:
+            buf = bytearray()
+            while buf.find(b"\x00\x00\x01\x00") < 0:  # a picture start code
+                msg = await ws.receive(timeout=10)
+                assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                buf += msg.data
+            waited = time.monotonic() - t0
+            for _ in range(20):
+                buf += (await ws.receive(timeout=10)).data
+        await first
+        return bytes(buf), waited
+
+    data, waited = asyncio.run(run())
+    seq, pic = data.find(b"\x00\x00\x01\xb3"), data.find(b"\x00\x00\x01\x00")
+    assert 0 <= seq < pic < 188 * 6, (seq, pic)
+    frames = _decode_ts(data)
+    assert frames["video"] and frames["video"][0].key_frame
+    assert waited < 0.15, waited  # waiting for the next I-frame would take ~0.3 s here
