@@ -354,7 +354,7 @@ def test_viewers_keep_playing_when_a_transcode_process_dies(gateway: RunningGate
     assert pids and all(b > 50_000 for b in before), before
     for data in after:
         frames = _decode_ts(bytes(data))
-        assert len(frames["video"]) >= 15 and frames["audio"], len(frames["video"])  # ~60-90 here
+        assert len(frames["video"]) >= 15 and frames["audio"], len(frames["video"])  # up to 120 (4 s at 30 fps)
     assert len(variants) == 2
     for variant in variants:  # restarted in place, not ended and started again
         assert variant.restarts == {"video": 1, "audio": 1}, variant.restarts
