@@ -354,7 +354,8 @@ def test_viewers_keep_playing_when_a_transcode_process_dies(gateway: RunningGate
     assert pids and all(b > 50_000 for b in before), before
     for data in after:
         frames = _decode_ts(bytes(data))
-        assert len(frames["video"]) >= 15 and frames["audio"], len(frames["video"])  # up to 120 (4 s at 30 fps)
+        # up to 120 (4 s at 30 fps); a slow host may need ~2 s to start the new process
+        assert len(frames["video"]) >= 15 and frames["audio"], len(frames["video"])
     assert len(variants) == 2
     for variant in variants:  # restarted in place, not ended and started again
         assert variant.restarts == {"video": 1, "audio": 1}, variant.restarts
@@ -404,7 +405,8 @@ def test_single_track_rtmp_source_plays_as_jsmpeg(gateway: RunningGateway, only:
                  "veryfast", "-g", "30", "-bf", "0"])
     key = f"live/{only}only"
     p = subprocess.Popen([FFMPEG, "-hide_banner", "-v", "error", "-re", *src[:4], "-t", "20", *src[4:],
-                          "-f", "flv", gateway.rtmp_url(key)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                          "-f", "flv", gateway.rtmp_url(key)],
+                         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         gateway.wait_stream(key, video=only == "video", tracks=1)
         data = asyncio.run(ws_collect(gateway.ws_url(f"{key}.jsmpeg"), 2.5))
