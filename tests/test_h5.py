@@ -15,8 +15,9 @@ import aiohttp
 import av
 import pytest
 
-from conftest import FFMPEG, FFPROBE, RunningGateway
+from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway, _start_gateway
 from flvcheck import capture, probe, ws_collect
+from gateway.config import Config
 from gateway.transcode import pool as pool_mod
 from gateway.transcode import variant as variant_mod
 from gateway.transcode.step import COUNTERS
@@ -365,35 +366,93 @@ def test_viewers_keep_playing_when_a_transcode_process_dies(gateway: RunningGate
     assert not {c.process.pid for c in pool._children if c is not None} & set(pids)
 
 
+def _kill_while_coding(child: pool_mod._Child, step_id: int, timeout: float = 10.0) -> bool:
+    """SIGKILL ``child`` the moment it codes a frame of ``step_id`` (a crash in that step's
+    codec, as a poisoned bitstream would cause); whether the gateway saw it die on that step."""
+    deadline = time.monotonic() + timeout
+    while step_id not in child.coding[:]:
+        assert time.monotonic() < deadline, "the step never coded"
+    os.kill(child.process.pid, signal.SIGKILL)
+    while child.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return step_id in child.coding[:]
+
+
 def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
         gateway: RunningGateway, publish, clips, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A step whose process dies again and again (say a bitstream that crashes the decoder) is
-    not restarted for ever: past the budget its variant ends and its viewers are told why."""
+    """A step the process keeps dying on (say a bitstream that crashes the decoder) is not
+    restarted for ever: past the budget its variant ends and its viewers are told why."""
     monkeypatch.setattr(variant_mod, "RESTARTS", 1)
     publish(clips["plain"], "live/crashloop")
     stream = gateway.gw.hub.streams["live/crashloop"]
 
-    async def run() -> aiohttp.WSMessage:
+    async def run() -> tuple[aiohttp.WSMessage, int]:
+        deaths = 0
         async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/crashloop.jsmpeg")) as ws:
-            for _ in range(2):  # the first death is survived, the second is one too many
-                got = 0
-                while got < 20_000:
-                    msg = await ws.receive(timeout=10)
-                    assert msg.type == aiohttp.WSMsgType.BINARY, msg
-                    got += len(msg.data)
-                await asyncio.sleep(0.5)  # the replacement process is up and coding
-                _kill_codec_processes(gateway)
             while True:
-                msg = await ws.receive(timeout=10)
-                if msg.type != aiohttp.WSMsgType.BINARY:
-                    return msg
+                got = 0
+                while got < 20_000:  # pictures (again)
+                    msg = await ws.receive(timeout=10)
+                    if msg.type != aiohttp.WSMsgType.BINARY:
+                        return msg, deaths
+                    got += len(msg.data)
+                variant = next(v for k, v in stream.sinks.items() if isinstance(k, tuple))
+                step = variant.workers["video"]
+                deaths += await asyncio.to_thread(_kill_while_coding, step._child, step.step_id)
+                assert deaths <= 3, "never ended"
 
-    msg = asyncio.run(run())
+    msg, deaths = asyncio.run(run())
+    assert deaths == 2  # the first death on the step is survived, the second is one too many
     assert msg.type == aiohttp.WSMsgType.CLOSE, msg
-    assert "transcoder failed" in (msg.extra or ""), msg
+    assert "video transcoder failed 2 times" in (msg.extra or ""), msg
     assert not any(isinstance(k, tuple) for k in stream.sinks)  # a new viewer gets a fresh variant
     data = asyncio.run(ws_collect(gateway.ws_url("live/crashloop.jsmpeg"), 2.0))
     assert _decode_ts(data)["video"]
+
+
+def test_a_crash_counts_against_the_step_it_happened_in_only(clips, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two streams' variants in one process, which dies while coding the first one's video:
+    only that step's budget is charged; the other variant restarts for free, so a poisoned
+    stream cannot use up the budget of the streams that happen to share its process."""
+    monkeypatch.setattr(variant_mod, "RESTARTS", 0)  # a death on a step ends its variant at once
+    gen = _start_gateway(Config(host="127.0.0.1", rtmp_port=0, http_port=0, transcode_processes=1))
+    gateway = next(gen)
+    pubs = [Publisher(clips["plain"], gateway.rtmp_url(f"live/share{i}")) for i in (1, 2)]
+    try:
+        for i in (1, 2):
+            gateway.wait_stream(f"live/share{i}")
+        streams = [gateway.gw.hub.streams[f"live/share{i}"] for i in (1, 2)]
+
+        async def run() -> tuple[list[aiohttp.WSMessage], list[variant_mod.Variant], bool]:
+            async with aiohttp.ClientSession() as s:
+                wss = [await s.ws_connect(gateway.ws_url(f"live/share{i}.jsmpeg")) for i in (1, 2)]
+                for ws in wss:
+                    assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.BINARY
+                variants = [next(v for k, v in st.sinks.items() if isinstance(k, tuple)) for st in streams]
+                step = variants[0].workers["video"]
+                assert step._child is variants[1].workers["video"]._child  # one process
+                on_it = await asyncio.to_thread(_kill_while_coding, step._child, step.step_id)
+                last = []
+                for ws in wss:  # the first is closed with the reason, the second plays on
+                    got = 0
+                    while True:
+                        msg = await ws.receive(timeout=10)
+                        if msg.type != aiohttp.WSMsgType.BINARY or got > 50_000:
+                            break
+                        got += len(msg.data)
+                    last.append(msg)
+                    await ws.close()
+                return last, variants, on_it
+
+        last, variants, on_it = asyncio.run(run())
+        assert on_it
+        assert last[0].type == aiohttp.WSMsgType.CLOSE and "video transcoder failed" in (last[0].extra or "")
+        assert last[1].type == aiohttp.WSMsgType.BINARY, last[1]  # still pictures after the crash
+        assert variants[1].restarts == {"video": 1, "audio": 1}
+    finally:
+        for p in pubs:
+            p.stop()
+        next(gen, None)
 
 
 @pytest.mark.parametrize("only", ["audio", "video"])

@@ -255,7 +255,8 @@ class _Schedule:
         return None
 
 
-def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
+def _child_main(sock: socket.socket, log_level: int, threads: int = 1,
+                coding: Any = None) -> None:
     """Entry point of a worker process: serve steps until the parent closes the socket.
 
     ``threads`` codec threads share the work (PyAV releases the GIL while coding), a step on
@@ -263,6 +264,9 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
     core another process leaves idle, but on the 2-CPU test VM that measured no better at
     saturation than one single-threaded process per CPU (A/B at 14 and 15 variants, within
     the VM's noise).
+
+    ``coding`` (shared memory, one slot per codec thread) holds the step each thread is coding a
+    frame of, 0 when none: if the process dies there, the parent knows which step it died on.
 
     The first thread reads the socket, without blocking between two pieces of work and
     blocking when it has nothing to do; an awake helper also looks for input between two
@@ -333,7 +337,7 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
             if out:
                 sock.sendall(b"".join(out))
 
-    def code(first: bool) -> None:
+    def code(first: bool, slot: int = 0) -> None:
         held = _Held(send_out, coalesce=threads == 1)
         try:
             while True:
@@ -369,7 +373,11 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
                     continue
                 kind, sid, mbuf, start, end, received = msg
                 try:
+                    if coding is not None:
+                        coding[slot] = sid
                     out = _child_handle(kind, sid, mbuf, start, end, steps, make_step, received)
+                    if coding is not None:
+                        coding[slot] = 0
                     # sent (or held, with one thread) while the step is still busy here: with
                     # helpers, the step's next message may code on another thread as soon as it
                     # is free, and that result must not reach the parent before this one
@@ -384,7 +392,7 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1) -> None:
                 state["closed"] = True
                 cond.notify_all()
 
-    helpers = [threading.Thread(target=code, args=(False,), name=f"codec-{i}", daemon=True)
+    helpers = [threading.Thread(target=code, args=(False, i), name=f"codec-{i}", daemon=True)
                for i in range(1, max(1, threads))]
     for t in helpers:
         t.start()
@@ -480,7 +488,8 @@ class PoolStep(Admitted):
     """The gateway's handle on one step in a worker process; same surface as a thread Worker.
 
     ``failed`` is set (and the track stops) when the step cannot open or its process dies
-    (``lost``); ``on_failed`` tells the owner, which may open a new step in a live process.
+    (``lost``; ``died_on``: while coding this step); ``on_failed`` tells the owner, which may
+    open a new step in a live process.
     """
 
     def __init__(self, step_id: int, name: str, t: planner.Transcode, source: Track,
@@ -497,6 +506,7 @@ class PoolStep(Admitted):
         self.timings = Timings()  # arrival -> outputs back: sockets, process queue, coding
         self.failed: str | None = None
         self.lost = False  # failed because its process died (not because it could not open)
+        self.died_on = False  # ... while coding a frame of this step (the likely cause)
         self.on_failed: Callable[[str], None] | None = None
         self._deliver = deliver
         self._admission = Admission(name, t.kind, limit, log, shed_at)
@@ -595,8 +605,11 @@ class _Child:
                     s.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
                 except OSError:
                     pass
+        # which step each codec thread is on (see ``_child_main``): a crash is blamed on that one
+        self.coding = ctx.RawArray("q", max(1, threads))  # type: ignore[attr-defined]
         self.process: multiprocessing.process.BaseProcess = ctx.Process(  # type: ignore[attr-defined]
-            target=_child_main, args=(child, logging.getLogger().getEffectiveLevel(), threads),
+            target=_child_main, args=(child, logging.getLogger().getEffectiveLevel(), threads,
+                                      self.coding),
             name=f"gateway-transcode-{index}", daemon=True)
         try:
             self.process.start()
@@ -768,8 +781,13 @@ class _Child:
                   self.process.pid, why, "" if code is None else f", exit code {code}",
                   len(self.steps))
         steps, self.steps = list(self.steps.values()), {}
+        on = set(self.coding) - {0}
         for step in steps:
             step.lost = True
+            step.died_on = step.step_id in on
+            if step.died_on:
+                log.error("transcode process %d died while coding %s", self.index, step.name)
+        for step in steps:
             step._fail(f"transcode process lost: {why}")
 
     def _detach(self) -> None:

@@ -34,8 +34,9 @@ StepFactory = Callable[[planner.Transcode, Track], Step]
 HOLD_AUDIO_FRAMES = 500  # ~10 s of audio held while the first video keyframe is coded
 QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step is behind
 SHED_FRAMES = {"video": 30}  # ~1 s queued: shed non-reference frames (see Admission)
-#: A step whose process died is restarted at most this often per ``RESTART_WINDOW`` seconds;
-#: beyond that the variant ends (its viewers are told why and may come back to a fresh one).
+#: A step whose process died while coding it is restarted at most this often per
+#: ``RESTART_WINDOW`` seconds; beyond that the variant ends (its viewers are told why and may
+#: come back to a fresh one). Steps that were only hosted there restart without counting.
 RESTARTS = 3
 RESTART_WINDOW = 60.0
 
@@ -173,7 +174,7 @@ class Variant(Stream):
         self.workers: dict[str, TrackWorker] = {}
         self.closed = False
         self.restarts: dict[str, int] = {}  # steps restarted after their process died, per kind
-        self._restarted: dict[str, collections.deque[float]] = {}  # per kind: when
+        self._restarted: dict[str, collections.deque[float]] = {}  # per kind: deaths on the step
         for track in source.tracks.values():
             self._track_in(track)
         # audio waits for the first transcoded video keyframe: until then a viewer could not use
@@ -277,14 +278,17 @@ class Variant(Stream):
     def _step_failed(self, step: pool.PoolStep) -> None:
         """A step's process died (a crash in a codec, the OOM killer, a kill): the variants it
         hosted belong to other streams too, so each restarts its step in a live process and its
-        viewers keep playing (video again from the next keyframe). A step that keeps dying ends
-        the variant with a reason, so that it does not take a process down for ever."""
+        viewers keep playing (video again from the next keyframe). A step the process keeps
+        dying on (a bitstream that crashes the decoder) ends its variant with a reason, so
+        that it does not take a process, and the other streams' variants, down for ever;
+        the variants that were only in the same process restart every time."""
         if self.closed or not step.lost or self.workers.get(step.kind) is not step:
             return  # a step that cannot open stays stopped: the variant goes on without it
         now = time.monotonic()
         times = self._restarted.setdefault(step.kind, collections.deque())
-        times.append(now)
-        while now - times[0] > RESTART_WINDOW:
+        if step.died_on:
+            times.append(now)
+        while times and now - times[0] > RESTART_WINDOW:
             times.popleft()
         if len(times) > RESTARTS:
             reason = (f"{step.kind} transcoder failed {len(times)} times in "
