@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -182,8 +184,6 @@ def test_h5_publish_over_websocket_and_second_publisher_refused(gateway: Running
 
 
 def test_garbage_ts_post_gets_clear_error(gateway: RunningGateway) -> None:
-    import urllib.error
-    import urllib.request
 
     req = urllib.request.Request(gateway.http_url("live/junk.ts"), data=b"hello" * 50000, method="POST")
     with pytest.raises(urllib.error.HTTPError) as e:
@@ -379,10 +379,12 @@ def _kill_while_coding(child: pool_mod._Child, step_id: int, timeout: float = 10
 
 
 def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
-        gateway: RunningGateway, publish, clips, monkeypatch: pytest.MonkeyPatch) -> None:
+        gateway: RunningGateway, publish, clips, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
     """A step the process keeps dying on (say a bitstream that crashes the decoder) is not
     restarted for ever: past the budget its variant ends and its viewers are told why."""
     monkeypatch.setattr(variant_mod, "RESTARTS", 1)
+    monkeypatch.setattr(variant_mod, "COOL_DOWN", 3.0)
     publish(clips["plain"], "live/crashloop")
     stream = gateway.gw.hub.streams["live/crashloop"]
 
@@ -396,7 +398,9 @@ def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
                     if msg.type != aiohttp.WSMsgType.BINARY:
                         return msg, deaths
                     got += len(msg.data)
-                variant = next(v for k, v in stream.sinks.items() if isinstance(k, tuple))
+                variant = next((v for k, v in stream.sinks.items() if isinstance(k, tuple)), None)
+                if variant is None:  # ended; what was sent before the close frame is still coming
+                    continue
                 step = variant.workers["video"]
                 deaths += await asyncio.to_thread(_kill_while_coding, step._child, step.step_id)
                 assert deaths <= 3, "never ended"
@@ -405,8 +409,21 @@ def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
     assert deaths == 2  # the first death on the step is survived, the second is one too many
     assert msg.type == aiohttp.WSMsgType.CLOSE, msg
     assert "video transcoder failed 2 times" in (msg.extra or ""), msg
-    assert not any(isinstance(k, tuple) for k in stream.sinks)  # a new viewer gets a fresh variant
-    data = asyncio.run(ws_collect(gateway.ws_url("live/crashloop.jsmpeg"), 2.0))
+    assert not any(isinstance(k, tuple) for k in stream.sinks)
+    ended = time.monotonic()
+    # for a while, a new viewer is refused with the reason (each new variant would crash a
+    # process again, and the other streams' variants in it); other outputs are unaffected
+    with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+        asyncio.run(ws_collect(gateway.ws_url("live/crashloop.jsmpeg"), 1.0))
+    assert e.value.status == 503
+    with pytest.raises(urllib.error.HTTPError) as h:  # the same TS for tools, by plain GET
+        urllib.request.urlopen(gateway.http_url("live/crashloop.jsmpeg"), timeout=5)
+    assert h.value.code == 503 and int(h.value.headers["Retry-After"]) >= 1
+    assert "crashed repeatedly" in h.value.read().decode()
+    r = capture(gateway.rtmp_url("live/crashloop"), tmp_path / "rtmp.flv", 1.0)  # pass-through
+    assert r.returncode == 0, r.stderr
+    time.sleep(max(0.0, ended + 3.2 - time.monotonic()))
+    data = asyncio.run(ws_collect(gateway.ws_url("live/crashloop.jsmpeg"), 2.0))  # then a fresh variant
     assert _decode_ts(data)["video"]
 
 

@@ -854,3 +854,33 @@ def test_whip_publisher_without_media_is_closed_and_its_stream_ends(h264_clip: C
                 clients.run(pub.close())
     finally:
         next(gen, None)
+
+
+def test_whep_variant_that_keeps_crashing_is_refused_with_503(gateway: RunningGateway, publish, clips,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The H.264 re-encode for WebRTC crashes its process (killed while coding it): past the
+    budget the session ends, and a new WHEP viewer gets 503 with the reason, not a session
+    that would crash the process again."""
+    from gateway.transcode import variant as variant_mod
+    from test_h5 import _kill_while_coding
+
+    monkeypatch.setattr(variant_mod, "RESTARTS", 0)  # the first death on the step ends it
+    publish(clips["bframes"], "live/crashw")  # B-frames: re-encoded for WebRTC
+
+    async def main() -> None:
+        viewer = WhepClient(gateway.http_url("live/crashw/whep"))
+        await viewer.start()
+        assert (await first_frames(viewer, ("video",), n=3, timeout=15))["video"]
+        session = next(s for s in sessions(gateway).values() if isinstance(s, WhepSession))
+        step = session.media.workers["video"]
+        assert await asyncio.to_thread(_kill_while_coding, step._child, step.step_id)
+        await wait_until(lambda: session.closed, what="the session ended")
+        assert "transcoder failed" in (session.close_reason or ""), session.close_reason
+        await viewer.close()
+        again = WhepClient(gateway.http_url("live/crashw/whep"))
+        with pytest.raises(SessionError) as e:
+            await again.start()
+        assert e.value.status == 503 and "crashed repeatedly" in str(e.value), e.value
+        await again.pc.close()
+
+    run(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ from ..hub.stream import HubError, Stream
 from ..outputs.base import Output
 from ..outputs.flv import FlvOutput
 from ..static import asset_candidates, find_asset
-from ..transcode.variant import Variant, media_for
+from ..transcode.variant import Variant, VariantRefused, media_for
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,12 @@ async def play(request: web.Request, target: str, sink_key: str,
     """
     stream = _stream(request)
     ctx = request.app[CTX]
-    media, plan = media_for(ctx.matrix, stream, target)
+    try:
+        media, plan = media_for(ctx.matrix, stream, target)
+    except VariantRefused as e:
+        log.warning("%s: %s", _peer(request), e)
+        raise web.HTTPServiceUnavailable(text=f"{e}\n", headers={
+            **CORS, "Retry-After": str(math.ceil(e.retry_after))}) from None
     transport = request.transport
     assert transport is not None
     resp: web.StreamResponse

@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -39,6 +40,21 @@ SHED_FRAMES = {"video": 30}  # ~1 s queued: shed non-reference frames (see Admis
 #: come back to a fresh one). Steps that were only hosted there restart without counting.
 RESTARTS = 3
 RESTART_WINDOW = 60.0
+#: After that, the same variant of the same published stream is refused for this long: each new
+#: variant would crash a process again, and with it the other streams' variants there.
+COOL_DOWN = 60.0
+
+#: Per published stream: variant key -> until when it is refused (see ``COOL_DOWN``). A new
+#: publisher on the key is a new ``Stream``, and starts with a clean slate.
+_refused: weakref.WeakKeyDictionary[Stream, dict[object, float]] = weakref.WeakKeyDictionary()
+
+
+class VariantRefused(ValueError):
+    """This transcode of this stream kept crashing its process; ``str()`` says why and for how long."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 #: Where steps run: < 0 one worker process per CPU, 0 threads in this process, N > 0 processes.
 #: Set by the composition root from ``Config.transcode_processes`` (see ``configure``).
@@ -293,7 +309,8 @@ class Variant(Stream):
         if len(times) > RESTARTS:
             reason = (f"{step.kind} transcoder failed {len(times)} times in "
                       f"{RESTART_WINDOW:.0f} s ({step.failed})")
-            log.error("%s: %s; variant ended", self.key, reason)
+            log.error("%s: %s; variant ended, refused for %.0f s", self.key, reason, COOL_DOWN)
+            _refused.setdefault(self.source, {})[self.key_in_source] = now + COOL_DOWN
             self._stop()
             self.end(reason)
             self.source.drop_sink(self.key_in_source)
@@ -344,9 +361,14 @@ class Variant(Stream):
 def media_for(matrix: planner.Matrix, stream: Stream,
               target: str | planner.TargetSpec) -> tuple[Stream, planner.Plan]:
     """The stream a viewer of ``target`` should attach to: the source itself when every track
-    passes through, else the shared variant for this plan (started now if it is the first)."""
+    passes through, else the shared variant for this plan (started now if it is the first;
+    ``VariantRefused`` while that transcode of this stream is cooling down after crashes)."""
     plan = planner.plan(matrix, stream.tracks, target)
     if plan.passthrough_all:
         return stream, plan
     key = ("variant", plan.variant_key())
+    until = _refused.get(stream, {}).get(key)
+    if key not in stream.sinks and until is not None and (wait := until - time.monotonic()) > 0:
+        raise VariantRefused(f"{stream.key}: transcoding it for {plan.protocol} crashed repeatedly; "
+                             f"try again in {wait:.0f} s", wait)
     return stream.sink(key, lambda s: Variant(s, plan, key)), plan

@@ -35,7 +35,7 @@ from .. import planner
 from ..codecs import h264
 from ..hub.stream import Stream
 from ..media import Frame, Track
-from ..transcode.variant import media_for
+from ..transcode.variant import VariantRefused, media_for
 from . import PeerSession, SessionError, Settings, sdp, seam
 from .whip import request_keyframe
 
@@ -297,7 +297,10 @@ class WhepSession(PeerSession):
         answer = await self.answer(offer, chosen, self._add_tracks)
         if self.closed:
             raise SessionError(404, f"stream {self.key} ended")
-        self.media, _ = media_for(self.matrix, self.source, target)
+        try:
+            self.media, _ = media_for(self.matrix, self.source, target)
+        except VariantRefused as e:
+            raise SessionError(503, str(e)) from None
         self.output = self.media.sink(SINK_KEY, WebRtcOutput)
         for kind, sender in self._senders.items():
             seam.share_packetizer(sender, self.output.packetizer(self.codecs[kind]))
