@@ -525,3 +525,38 @@ def test_later_jsmpeg_viewer_starts_at_once_from_the_variants_gop_cache(gateway:
     frames = _decode_ts(data)
     assert frames["video"] and frames["video"][0].key_frame
     assert waited < 0.15, waited  # waiting for the next I-frame would take ~0.3 s here
+
+
+def test_refused_transcode_gets_play_failed_over_rtmp_and_503_over_http_flv(
+        gateway: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An h5 (MPEG-1) stream's H.264 re-encode for RTMP/FLV crashes its process: the RTMP
+    viewer's play ends, and new RTMP and HTTP-FLV viewers are refused with the reason while
+    the transcode cools down; jsmpeg viewers (pass-through) still play."""
+    monkeypatch.setattr(variant_mod, "RESTARTS", 0)  # the first death on the step ends it
+    pub = _h5_publisher(gateway.http_url("live/h5crash.ts"))
+    try:
+        gateway.wait_stream("live/h5crash", timeout=10)
+        stream = gateway.gw.hub.streams["live/h5crash"]
+        player = subprocess.Popen([FFMPEG, "-hide_banner", "-v", "error", "-i", gateway.rtmp_url("live/h5crash"),
+                                   "-t", "20", "-c", "copy", "-f", "flv", str(tmp_path / "a.flv")],
+                                  stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        variant = None
+        while variant is None or "video" not in variant.workers:
+            assert time.monotonic() < deadline, "no variant for the RTMP player"
+            variant = next((v for k, v in stream.sinks.items() if isinstance(k, tuple)), None)
+            time.sleep(0.05)
+        step = variant.workers["video"]
+        assert _kill_while_coding(step._child, step.step_id)
+        player.wait(15)  # the play ended with the variant, long before its 20 s
+        r = subprocess.run([FFPROBE, "-v", "error", "-rw_timeout", "5000000", gateway.rtmp_url("live/h5crash")],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and "crashed repeatedly" in r.stderr, r.stderr  # the status's text
+        with pytest.raises(urllib.error.HTTPError) as h:
+            urllib.request.urlopen(gateway.http_url("live/h5crash.flv"), timeout=5)
+        assert h.value.code == 503 and "crashed repeatedly" in h.value.read().decode()
+        data = asyncio.run(ws_collect(gateway.ws_url("live/h5crash.jsmpeg"), 1.5))
+        assert _decode_ts(data)["video"]
+    finally:
+        pub.terminate()
+        pub.wait(5)

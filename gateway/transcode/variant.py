@@ -307,7 +307,8 @@ class Variant(Stream):
         while times and now - times[0] > RESTART_WINDOW:
             times.popleft()
         if len(times) > RESTARTS:
-            reason = (f"{step.kind} transcoder failed {len(times)} times in "
+            n = len(times)
+            reason = (f"{step.kind} transcoder failed {n} time{'s' if n > 1 else ''} in "
                       f"{RESTART_WINDOW:.0f} s ({step.failed})")
             log.error("%s: %s; variant ended, refused for %.0f s", self.key, reason, COOL_DOWN)
             _refused.setdefault(self.source, {})[self.key_in_source] = now + COOL_DOWN
