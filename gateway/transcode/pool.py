@@ -383,6 +383,8 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1,
                     # is free, and that result must not reach the parent before this one
                     held.add(out, fast=work.is_fast(sid))
                 finally:
+                    if coding is not None:
+                        coding[slot] = 0  # also when the message failed
                     with cond:
                         busy.discard(sid)
         except OSError:  # e.g. BrokenPipeError: the gateway went away
