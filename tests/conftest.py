@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -184,3 +186,16 @@ def publish(gateway: RunningGateway) -> Iterator:  # type: ignore[type-arg]
     yield start
     for p in started:
         p.stop()
+
+
+def kill_while_coding(child, step_id: int, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    """SIGKILL a transcode process (``pool._Child``) the moment it codes a frame of ``step_id``
+    (a crash in that step's codec, as a poisoned bitstream would cause); whether the gateway
+    saw it die on that step."""
+    deadline = time.monotonic() + timeout
+    while step_id not in child.coding[:]:
+        assert time.monotonic() < deadline, "the step never coded"
+    os.kill(child.process.pid, signal.SIGKILL)
+    while child.alive and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return step_id in child.coding[:]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,3 +85,20 @@ async def ws_collect(url: str, seconds: float, sizes: list[int] | None = None) -
                 sizes.append(len(msg.data))
             buf += msg.data
     return bytes(buf)
+
+
+def assert_cut_off(viewers: Callable[[], int], sock: socket.socket, timeout: float) -> None:
+    """A stalled viewer (``sock``, never read) is detached (``viewers()`` drops to 0 within 20 s)
+    and its connection ends: what was in flight, then EOF or a reset within ``timeout``, not silence."""
+    deadline = time.monotonic() + 20
+    while viewers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert viewers() == 0, "stalled viewer still attached"
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()

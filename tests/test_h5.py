@@ -17,8 +17,8 @@ import aiohttp
 import av
 import pytest
 
-from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway, _start_gateway
-from flvcheck import capture, probe, ws_collect
+from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway, _start_gateway, kill_while_coding
+from flvcheck import assert_cut_off, capture, probe, ws_collect
 from gateway.config import Config
 from gateway.transcode import pool as pool_mod
 from gateway.transcode import variant as variant_mod
@@ -290,19 +290,7 @@ def test_stalled_jsmpeg_viewer_is_cut_off_and_its_connection_closed(gateway: Run
     data = asyncio.run(ws_collect(gateway.ws_url("live/stall.jsmpeg"), 4.0))  # alongside, unharmed
     frames = _decode_ts(data)
     assert len(frames["video"]) >= 60 and frames["audio"], len(frames["video"])
-    deadline = time.monotonic() + 20
-    while viewers() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert viewers() == 0, "stalled viewer still attached"
-    # the server closes the connection: after what was in flight, EOF or a reset, not silence
-    s.settimeout(15)
-    try:
-        while s.recv(1 << 20):
-            pass
-    except ConnectionResetError:
-        pass
-    finally:
-        s.close()
+    assert_cut_off(viewers, s, 15)  # detached, and the server closes the connection
     assert not stream.ended  # the publisher was never stalled
 
 
@@ -366,18 +354,6 @@ def test_viewers_keep_playing_when_a_transcode_process_dies(gateway: RunningGate
     assert not {c.process.pid for c in pool._children if c is not None} & set(pids)
 
 
-def _kill_while_coding(child: pool_mod._Child, step_id: int, timeout: float = 10.0) -> bool:
-    """SIGKILL ``child`` the moment it codes a frame of ``step_id`` (a crash in that step's
-    codec, as a poisoned bitstream would cause); whether the gateway saw it die on that step."""
-    deadline = time.monotonic() + timeout
-    while step_id not in child.coding[:]:
-        assert time.monotonic() < deadline, "the step never coded"
-    os.kill(child.process.pid, signal.SIGKILL)
-    while child.alive and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return step_id in child.coding[:]
-
-
 def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
         gateway: RunningGateway, publish, clips, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
@@ -402,7 +378,7 @@ def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
                 if variant is None:  # ended; what was sent before the close frame is still coming
                     continue
                 step = variant.workers["video"]
-                deaths += await asyncio.to_thread(_kill_while_coding, step._child, step.step_id)
+                deaths += await asyncio.to_thread(kill_while_coding, step._child, step.step_id)
                 assert deaths <= 3, "never ended"
 
     msg, deaths = asyncio.run(run())
@@ -448,7 +424,7 @@ def test_a_crash_counts_against_the_step_it_happened_in_only(clips, monkeypatch:
                 variants = [next(v for k, v in st.sinks.items() if isinstance(k, tuple)) for st in streams]
                 step = variants[0].workers["video"]
                 assert step._child is variants[1].workers["video"]._child  # one process
-                on_it = await asyncio.to_thread(_kill_while_coding, step._child, step.step_id)
+                on_it = await asyncio.to_thread(kill_while_coding, step._child, step.step_id)
                 last = []
                 for ws in wss:  # the first is closed with the reason, the second plays on
                     got = 0
@@ -547,7 +523,7 @@ def test_refused_transcode_gets_play_failed_over_rtmp_and_503_over_http_flv(
             variant = next((v for k, v in stream.sinks.items() if isinstance(k, tuple)), None)
             time.sleep(0.05)
         step = variant.workers["video"]
-        assert _kill_while_coding(step._child, step.step_id)
+        assert kill_while_coding(step._child, step.step_id)
         player.wait(15)  # the play ended with the variant, long before its 20 s
         r = subprocess.run([FFPROBE, "-v", "error", "-rw_timeout", "5000000", gateway.rtmp_url("live/h5crash")],
                            capture_output=True, text=True, timeout=30)

@@ -23,7 +23,7 @@ import flvcheck
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
-from conftest import RunningGateway, _start_gateway
+from conftest import RunningGateway, _start_gateway, kill_while_coding
 
 from gateway.codecs import h264
 from gateway.config import Config
@@ -862,7 +862,6 @@ def test_whep_variant_that_keeps_crashing_is_refused_with_503(gateway: RunningGa
     budget the session ends, and a new WHEP viewer gets 503 with the reason, not a session
     that would crash the process again."""
     from gateway.transcode import variant as variant_mod
-    from test_h5 import _kill_while_coding
 
     monkeypatch.setattr(variant_mod, "RESTARTS", 0)  # the first death on the step ends it
     publish(clips["bframes"], "live/crashw")  # B-frames: re-encoded for WebRTC
@@ -873,7 +872,7 @@ def test_whep_variant_that_keeps_crashing_is_refused_with_503(gateway: RunningGa
         assert (await first_frames(viewer, ("video",), n=3, timeout=15))["video"]
         session = next(s for s in sessions(gateway).values() if isinstance(s, WhepSession))
         step = session.media.workers["video"]
-        assert await asyncio.to_thread(_kill_while_coding, step._child, step.step_id)
+        assert await asyncio.to_thread(kill_while_coding, step._child, step.step_id)
         await wait_until(lambda: session.closed, what="the session ended")
         assert "transcoder failed" in (session.close_reason or ""), session.close_reason
         await viewer.close()

@@ -376,15 +376,13 @@ def _child_main(sock: socket.socket, log_level: int, threads: int = 1,
                     if coding is not None:
                         coding[slot] = sid
                     out = _child_handle(kind, sid, mbuf, start, end, steps, make_step, received)
-                    if coding is not None:
+                    if coding is not None:  # (an exception here ends the process: on this step)
                         coding[slot] = 0
                     # sent (or held, with one thread) while the step is still busy here: with
                     # helpers, the step's next message may code on another thread as soon as it
                     # is free, and that result must not reach the parent before this one
                     held.add(out, fast=work.is_fast(sid))
                 finally:
-                    if coding is not None:
-                        coding[slot] = 0  # also when the message failed
                     with cond:
                         busy.discard(sid)
         except OSError:  # e.g. BrokenPipeError: the gateway went away
@@ -789,7 +787,6 @@ class _Child:
             step.died_on = step.step_id in on
             if step.died_on:
                 log.error("transcode process %d died while coding %s", self.index, step.name)
-        for step in steps:
             step._fail(f"transcode process lost: {why}")
 
     def _detach(self) -> None:
