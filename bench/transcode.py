@@ -151,6 +151,8 @@ def write_gateway_config(scratch: Path, video_bitrate: int, extra: str = "") -> 
         raise RuntimeError(f"could not set the mpeg1video bitrate in {tf}")
     tf.write_text("[[transcode]]".join(blocks))
     cfg = scratch / "gateway.toml"
+    if not re.search(r"^\s*transcode_capacity\s*=", extra, re.MULTILINE):
+        extra = "transcode_capacity = 0\n" + extra  # no admission limit: the ladder finds the limit
     cfg.write_text(f'matrix_dir = "{matrix}"\n{extra}')
     return cfg, matrix
 

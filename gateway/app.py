@@ -40,7 +40,8 @@ class Gateway:
 
 
 async def start(config: Config) -> Gateway:
-    variant.configure(processes=config.transcode_processes, threads=config.transcode_threads)
+    variant.configure(processes=config.transcode_processes, threads=config.transcode_threads,
+                      capacity=config.effective_transcode_capacity())
     if config.transcode_prestart and config.transcode_processes != 0:
         pool.get_pool(config.transcode_processes, config.transcode_threads)
     hub = Hub()

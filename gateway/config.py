@@ -5,6 +5,7 @@ Every key is optional; ``gateway serve`` with no file runs on these defaults.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,6 +16,12 @@ from .hub.fanout import Limits
 
 class ConfigError(ValueError):
     pass
+
+
+#: ``transcode_capacity = -1``: this many 720p30 H.264 -> MPEG-1 transcodes per CPU. On the
+#: 2-CPU test machine 14 kept 30 fps with video p99 23-85 ms; at 16 p99 reached 150-400 ms, and
+#: at 17 every variant fell behind (bench/transcode.py).
+CAPACITY_PER_CPU = 7.0
 
 
 @dataclass(slots=True)
@@ -41,6 +48,17 @@ class Config:
     # Start the transcode processes with the gateway instead of with the first transcode: that
     # transcode then starts ~0.3 s sooner, at ~45 MB RSS per process while none is needed.
     transcode_prestart: bool = False
+    # How much transcoding may run at once, in 720p30 H.264 -> MPEG-1 transcodes (each step's
+    # ``cost`` in matrix/transcodes.toml, video scaled by pixel rate). A viewer whose variant
+    # would go past it is refused (HTTP 503 with Retry-After, RTMP NetStream.Play.Failed); the
+    # running variants keep their speed. -1: CAPACITY_PER_CPU per CPU this process may use;
+    # 0: no limit.
+    transcode_capacity: float = -1.0
+
+    def effective_transcode_capacity(self) -> float:
+        if self.transcode_capacity >= 0:
+            return self.transcode_capacity
+        return CAPACITY_PER_CPU * len(os.sched_getaffinity(0))
 
 
 def _apply(obj: Any, data: dict[str, Any], where: str) -> None:

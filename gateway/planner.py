@@ -26,7 +26,7 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
 from gateway.media import Track
 
@@ -246,6 +246,9 @@ class TranscodeStep:
     params: Mapping[str, Scalar]
     inherit: tuple[str, ...]
     description: str = ""
+    #: CPU of one such transcode relative to a 720p30 H.264 -> MPEG-1 one; video scales it by
+    #: the output's pixel rate. What ``transcode_capacity`` is counted in.
+    cost: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -595,6 +598,10 @@ def _parse_protocols(
     return protocols
 
 
+#: A step's ``cost`` when transcodes.toml gives none (see ``TranscodeStep.cost``).
+DEFAULT_COST: Final = {"video": 1.0, "audio": 0.02}
+
+
 def _parse_transcodes(
     ctx: _Ctx, doc: dict[str, object], kinds: tuple[str, ...], codecs: Mapping[str, Codec]
 ) -> dict[tuple[str, str], TranscodeStep]:
@@ -614,7 +621,8 @@ def _parse_transcodes(
     for n, raw in enumerate(raw_steps):
         key = f"transcode[{n}]"
         body = ctx.table(raw, key)
-        ctx.keys(body, key, ("from", "to", "params", "inherit", "enabled", "description"))
+        ctx.keys(body, key,
+                 ("from", "to", "params", "inherit", "enabled", "description", "cost"))
         for required in ("from", "to"):
             if required not in body:
                 raise ctx.error(f"{key}.{required}", "missing")
@@ -643,10 +651,14 @@ def _parse_transcodes(
         if not ctx.boolean(body.get("enabled", True), f"{key}.enabled"):
             continue
         description = ctx.optional_string(body, "description", key)
+        cost = body.get("cost", DEFAULT_COST.get(kind, 1.0))
+        if not _number(cost) or not 0 <= cost < 1000:  # type: ignore[operator]
+            raise ctx.error(f"{key}.cost", f"expected a number from 0 to 1000, got {cost!r}")
         for f in froms:
             if (f, to) in steps:
                 raise ctx.error(f"{key}.from", f"step {f} -> {to} is listed twice")
-            steps[(f, to)] = TranscodeStep(kind, f, to, params, inherit, description)
+            steps[(f, to)] = TranscodeStep(kind, f, to, params, inherit, description,
+                                           float(cost))  # type: ignore[arg-type]
     return steps
 
 
@@ -757,6 +769,22 @@ class Plan:
     def __str__(self) -> str:
         body = "; ".join(str(t) for t in self.tracks.values()) or "no tracks"
         return f"plan for {self.protocol}: {body}"
+
+
+#: The pixel rate a video step's ``cost`` is given for: 720p30.
+COST_PIXEL_RATE: Final = 1280 * 720 * 30
+
+
+def transcode_cost(matrix: Matrix, t: Transcode) -> float:
+    """What one transcode of a plan counts against ``transcode_capacity``: the step's ``cost``,
+    for video scaled by the output's pixel rate (a 1080p30 output is 2.25 of a 720p30 one)."""
+    step = matrix.steps.get((t.from_codec, t.to_codec))
+    cost = step.cost if step is not None else DEFAULT_COST.get(t.kind, 1.0)
+    if t.kind == "video":
+        w, h, fps = (t.params.get(k) for k in ("width", "height", "frame_rate"))
+        if _number(w) and _number(h) and _number(fps) and w and h and fps:
+            cost *= w * h * fps / COST_PIXEL_RATE  # type: ignore[operator]
+    return cost
 
 
 def plan(matrix: Matrix, source_tracks: Mapping[str, Track], target: str | TargetSpec) -> Plan:

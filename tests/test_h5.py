@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import socket
@@ -536,3 +537,86 @@ def test_refused_transcode_gets_play_failed_over_rtmp_and_503_over_http_flv(
     finally:
         pub.terminate()
         pub.wait(5)
+
+
+def test_past_the_transcode_capacity_new_variants_are_refused_and_running_ones_spared(
+        clips, tmp_path: Path) -> None:
+    """A viewer whose variant would take the transcoding past ``transcode_capacity`` is refused
+    with the reason (503 + Retry-After); the running variant keeps its viewers and takes new
+    ones at no cost, pass-through viewers of any stream play, and freed capacity is reused."""
+    # the clips are 640x360 at 30 fps: H.264 -> MPEG-1 costs 0.25, AAC -> MP2 0.02
+    gen = _start_gateway(Config(host="127.0.0.1", rtmp_port=0, http_port=0,
+                                transcode_capacity=0.4))
+    gateway = next(gen)
+    pubs = [Publisher(clips["plain"], gateway.rtmp_url(k)) for k in ("live/capa", "live/capb")]
+    try:
+        for k in ("live/capa", "live/capb"):
+            gateway.wait_stream(k)
+
+        def api() -> dict:
+            with urllib.request.urlopen(gateway.http_url("api/streams"), timeout=5) as r:
+                return json.loads(r.read())
+
+        def refused_get() -> urllib.error.HTTPError:
+            with pytest.raises(urllib.error.HTTPError) as h:
+                urllib.request.urlopen(gateway.http_url("live/capb.jsmpeg"), timeout=5)
+            return h.value
+
+        async def run() -> tuple[int, int, int, dict, urllib.error.HTTPError]:
+            async with aiohttp.ClientSession() as s:
+                async with s.ws_connect(gateway.ws_url("live/capa.jsmpeg")) as a1:
+                    first = len((await a1.receive(timeout=10)).data)
+                    async with s.ws_connect(gateway.ws_url("live/capa.jsmpeg")) as a2:  # joins
+                        second = len((await a2.receive(timeout=10)).data)
+                        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                            await s.ws_connect(gateway.ws_url("live/capb.jsmpeg"))
+                        assert e.value.status == 503
+                        get = await asyncio.to_thread(refused_get)
+                        load = await asyncio.to_thread(api)
+                        later = 0
+                        while later < 50_000:  # the running variant plays on
+                            msg = await a1.receive(timeout=10)
+                            assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                            later += len(msg.data)
+            return first, second, later, load, get
+
+        first, second, later, load, get = asyncio.run(run())
+        assert first and second and later
+        assert get.code == 503 and int(get.headers["Retry-After"]) >= 1
+        text = get.read().decode()
+        assert "transcode capacity" in text and "0.27" in text, text  # what it needs
+        assert load["transcode"] == {"used": 0.27, "capacity": 0.4}, load["transcode"]
+        r = capture(gateway.rtmp_url("live/capb"), tmp_path / "b.flv", 1.0)  # pass-through
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 10  # the last viewer left: the variant stops, frees 0.27
+        while api()["transcode"]["used"]:
+            assert time.monotonic() < deadline, api()["transcode"]
+            time.sleep(0.05)
+        data = asyncio.run(ws_collect(gateway.ws_url("live/capb.jsmpeg"), 2.0))
+        assert _decode_ts(data)["video"]
+    finally:
+        for p in pubs:
+            p.stop()
+        next(gen, None)
+
+
+def test_past_the_transcode_capacity_rtmp_play_fails_with_the_reason(tmp_path: Path) -> None:
+    """RTMP players get the refusal as ``NetStream.Play.Failed`` with its text; the h5 stream's
+    own (pass-through) viewers are not limited."""
+    # an h5 (MPEG-1 + MP2) stream needs MPEG-1 -> H.264 (2.1 x 0.25) + MP2 -> AAC (0.15) for RTMP
+    gen = _start_gateway(Config(host="127.0.0.1", rtmp_port=0, http_port=0,
+                                transcode_capacity=0.5))
+    gateway = next(gen)
+    pub = _h5_publisher(gateway.http_url("live/capfull.ts"))
+    try:
+        gateway.wait_stream("live/capfull", timeout=10)
+        r = subprocess.run([FFPROBE, "-v", "error", "-rw_timeout", "5000000", gateway.rtmp_url("live/capfull")],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0, r.stderr
+        assert "transcode capacity is in use (0.0 of 0.5" in r.stderr and "needs 0.68" in r.stderr, r.stderr
+        data = asyncio.run(ws_collect(gateway.ws_url("live/capfull.jsmpeg"), 1.5))
+        assert _decode_ts(data)["video"]
+    finally:
+        pub.terminate()
+        pub.wait(5)
+        next(gen, None)

@@ -24,6 +24,7 @@ from gateway.planner import (  # noqa: E402
     plan,
     render_table,
     table,
+    transcode_cost,
 )
 
 MATRIX_DIR = ROOT / "matrix"
@@ -190,6 +191,8 @@ def test_lookup_order(matrix_copy: Path, monkeypatch: pytest.MonkeyPatch, tmp_pa
         ("transcodes.toml", "", 'to = "vp8"', 'to = "aac"', "'h264' is a video codec, not audio"),
         ("transcodes.toml", "[[transcode]]", 'from = ["h264", "vp8", "mpeg1video"]\n', "", "transcode[0].from: missing"),
         ("transcodes.toml", "[defaults.video]", '"frame_rate"', '"fps"', "defaults.video.inherit[2]: unknown track parameter 'fps'"),
+        ("transcodes.toml", "", "cost = 2.8", 'cost = "high"', "cost: expected a number from 0 to 1000, got 'high'"),
+        ("transcodes.toml", "", "cost = 2.8", "cost = -1", "cost: expected a number from 0 to 1000, got -1"),
     ],
 )
 def test_invalid_data_names_file_and_key(
@@ -213,3 +216,21 @@ def test_missing_file_is_an_error(matrix_copy: Path) -> None:
     (matrix_copy / "transcodes.toml").unlink()
     with pytest.raises(MatrixError, match=r"transcodes\.toml: missing matrix file"):
         load_matrix(matrix_copy)
+
+
+def test_transcode_cost_is_the_steps_cost_scaled_by_the_output_pixel_rate(matrix, matrix_copy: Path) -> None:
+    """What a plan counts against ``transcode_capacity``: the step's ``cost`` from
+    transcodes.toml, for video times the output's pixel rate over 720p30's."""
+    src = {"video": Track(kind="video", codec="h264", width=1920, height=1080, frame_rate=30.0),
+           "audio": Track(kind="audio", codec="aac", sample_rate=44100, channels=2)}
+    p = plan(matrix, src, "h5")
+    costs = {t.kind: transcode_cost(matrix, t) for t in p.transcodes}
+    assert costs == {"video": pytest.approx(2.25), "audio": pytest.approx(0.02)}  # 1080p30 MPEG-1
+    p = plan(matrix, src, "webrtc")  # H.264 passes (no B-frames said), AAC -> Opus
+    assert {t.kind: transcode_cost(matrix, t) for t in p.transcodes} == {"audio": pytest.approx(0.08)}
+    src["video"] = Track(kind="video", codec="vp8", width=640, height=360, frame_rate=30.0)
+    p = plan(matrix, src, "rtmp")  # VP8 -> H.264 (libx264 costs 2.1 a 720p30)
+    assert transcode_cost(matrix, p["video"]) == pytest.approx(2.1 / 4)
+    # a step without a cost gets the kind's default
+    edit_after(matrix_copy / "transcodes.toml", "", "cost = 2.1\n", "")
+    assert transcode_cost(load_matrix(matrix_copy), p["video"]) == pytest.approx(1.0 / 4)

@@ -21,7 +21,7 @@ from ..hub.stream import HubError, Stream
 from ..outputs.base import Output
 from ..outputs.flv import FlvOutput
 from ..static import asset_candidates, find_asset
-from ..transcode.variant import Variant, VariantRefused, media_for
+from ..transcode.variant import Variant, VariantRefused, media_for, transcode_load
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ async def streams(request: web.Request) -> web.Response:
             "bytes_in": s.bytes_in,
             "outputs": _outputs(s),
         })
-    return web.json_response({"streams": out}, headers=CORS)
+    return web.json_response({"streams": out, "transcode": transcode_load()}, headers=CORS)
 
 
 async def static_asset(request: web.Request) -> web.StreamResponse:

@@ -60,12 +60,25 @@ class VariantRefused(ValueError):
 #: Set by the composition root from ``Config.transcode_processes`` (see ``configure``).
 _processes: int = -1
 _threads: int = 1  # codec threads per process
+#: Sum of ``planner.transcode_cost`` the running variants may take; 0: no limit. Past it a new
+#: variant is refused: one more transcode than the CPUs can carry slows every variant down
+#: together (at 17 on 2 CPUs all fell to ~26 fps), so the viewers already watching come first.
+_capacity: float = 0.0
+CAPACITY_RETRY = 15.0  # s: Retry-After of a refusal for capacity
+_running: weakref.WeakSet[Variant] = weakref.WeakSet()
 
 
-def configure(*, processes: int, threads: int = 1) -> None:
-    """Choose where new variants run their steps; variants already running keep theirs."""
-    global _processes, _threads
-    _processes, _threads = processes, threads
+def configure(*, processes: int, threads: int = 1, capacity: float = 0.0) -> None:
+    """Choose where new variants run their steps and how many may run (see ``_capacity``);
+    variants already running keep theirs."""
+    global _processes, _threads, _capacity
+    _processes, _threads, _capacity = processes, threads, capacity
+
+
+def transcode_load() -> dict[str, float]:
+    """What the running variants take of the capacity, for operators (``/api/streams``)."""
+    used = sum(v.cost for v in list(_running) if not v.closed)
+    return {"used": round(used, 2), "capacity": _capacity}
 
 
 class TrackWorker(Protocol):
@@ -178,12 +191,14 @@ class Variant(Stream):
     """The source after one plan; a sink of the source and a stream for its own sinks."""
 
     def __init__(self, source: Stream, plan: planner.Plan, key: object,
-                 factory: StepFactory | None = None) -> None:
+                 factory: StepFactory | None = None, cost: float = 0.0) -> None:
         super().__init__(f"{source.key}~{plan.protocol}", StreamInfo(source.info.protocol),
                          source.publisher)
         self.source = source
         self.plan = plan
         self.key_in_source = key
+        self.cost = cost  # of the transcode capacity, until stopped
+        _running.add(self)
         self.info.metadata = dict(source.info.metadata)
         self._factory = factory or _default_factory
         self._loop = asyncio.get_running_loop()
@@ -368,8 +383,18 @@ def media_for(matrix: planner.Matrix, stream: Stream,
     if plan.passthrough_all:
         return stream, plan
     key = ("variant", plan.variant_key())
+    if key in stream.sinks:  # running: joining it costs nothing more
+        return stream.sink(key, lambda s: Variant(s, plan, key)), plan
     until = _refused.get(stream, {}).get(key)
-    if key not in stream.sinks and until is not None and (wait := until - time.monotonic()) > 0:
+    if until is not None and (wait := until - time.monotonic()) > 0:
         raise VariantRefused(f"{stream.key}: transcoding it for {plan.protocol} crashed repeatedly; "
                              f"try again in {wait:.0f} s", wait)
-    return stream.sink(key, lambda s: Variant(s, plan, key)), plan
+    cost = sum(planner.transcode_cost(matrix, t) for t in plan.transcodes)
+    if _capacity > 0:
+        used = transcode_load()["used"]
+        if used + cost > _capacity + 1e-9:  # (the caller logs the refusal)
+            raise VariantRefused(
+                f"{stream.key}: the gateway's transcode capacity is in use ({used:.1f} of "
+                f"{_capacity:g}; transcoding this stream for {plan.protocol} needs {cost:.2f}); "
+                f"try again later", CAPACITY_RETRY)
+    return stream.sink(key, lambda s: Variant(s, plan, key, cost=cost)), plan
