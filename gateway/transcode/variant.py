@@ -75,10 +75,13 @@ def configure(*, processes: int, threads: int = 1, capacity: float = 0.0) -> Non
     _processes, _threads, _capacity = processes, threads, capacity
 
 
+def _used() -> float:
+    return sum(v.cost for v in list(_running) if not v.closed)
+
+
 def transcode_load() -> dict[str, float]:
     """What the running variants take of the capacity, for operators (``/api/streams``)."""
-    used = sum(v.cost for v in list(_running) if not v.closed)
-    return {"used": round(used, 2), "capacity": _capacity}
+    return {"used": round(_used(), 2), "capacity": _capacity}
 
 
 class TrackWorker(Protocol):
@@ -391,7 +394,7 @@ def media_for(matrix: planner.Matrix, stream: Stream,
                              f"try again in {wait:.0f} s", wait)
     cost = sum(planner.transcode_cost(matrix, t) for t in plan.transcodes)
     if _capacity > 0:
-        used = transcode_load()["used"]
+        used = _used()
         if used + cost > _capacity + 1e-9:  # (the caller logs the refusal)
             raise VariantRefused(
                 f"{stream.key}: the gateway's transcode capacity is in use ({used:.1f} of "
