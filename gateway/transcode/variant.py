@@ -7,7 +7,9 @@ the event loop for the GIL), or in a worker thread of the gateway process when
 ``configure(processes=0)`` or a custom step factory asks for it. A variant is itself a ``Stream``
 (tracks, GOP cache, sinks), so outputs attach to it exactly as to a published stream, and every
 viewer with the same plan shares it: 100 jsmpeg viewers cost one H264->MPEG1 transcode. It starts
-with its first sink and stops (steps closed, codecs freed) when its last sink leaves.
+with its first sink and stops (steps closed, codecs freed) when its last sink leaves. Starting one
+is refused while its cost would take the running ones past the transcode capacity, or while that
+transcode of that stream cools down after crashes (``VariantRefused``, see ``media_for``).
 """
 
 from __future__ import annotations
