@@ -12,7 +12,8 @@ import av
 import numpy as np
 
 from browser import Chromium, require_chromium, run
-from conftest import RunningGateway
+from conftest import Publisher, RunningGateway, _start_gateway
+from gateway.config import Config
 
 
 def _picture(png: bytes) -> np.ndarray:
@@ -63,3 +64,37 @@ def test_jsmpeg_page_resumes_after_the_publisher_restarts(gateway: RunningGatewa
             await b.wait_for(f"window.player.frames >= {before + 15}", timeout=30)
 
     run(go(), timeout=90)
+
+
+def test_player_page_says_why_there_are_no_pictures(clips) -> None:
+    """A refused play shows its reason on the page: JSMpeg only sees a failed WebSocket
+    handshake (and retries), mpegts.js only an HTTP status, so the page asks once over HTTP."""
+    exe = require_chromium()
+    gen = _start_gateway(Config(host="127.0.0.1", rtmp_port=0, http_port=0,
+                                transcode_capacity=0.01))  # no transcode fits
+    gateway = next(gen)
+    pub = Publisher(clips["plain"], gateway.rtmp_url("live/full"))
+    try:
+        gateway.wait_stream("live/full")
+
+        async def go() -> dict[str, str]:
+            seen = {}
+            async with Chromium(exe, width=640, height=480) as b:
+                for page, state in (("live/full.html?player=jsmpeg", "waiting"),
+                                    ("live/gone.html?player=jsmpeg", "waiting"),
+                                    ("live/gone.html?player=flv", "error")):
+                    await b.open(gateway.http_url(page))
+                    await b.wait_for(f"window.player && window.player.state === {state!r} && "
+                                     "/[0-9]{3} /.test(document.getElementById('status').textContent)",
+                                     timeout=20)
+                    seen[page] = await b.evaluate("document.getElementById('status').textContent")
+            return seen
+
+        seen = run(go(), timeout=90)
+        assert "503" in seen["live/full.html?player=jsmpeg"], seen
+        assert "transcode capacity is in use" in seen["live/full.html?player=jsmpeg"], seen
+        assert "404" in seen["live/gone.html?player=jsmpeg"], seen
+        assert "404" in seen["live/gone.html?player=flv"], seen
+    finally:
+        pub.stop()
+        next(gen, None)
