@@ -5,12 +5,12 @@ Every key is optional; ``gateway serve`` with no file runs on these defaults.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .cpus import usable_cpus
 from .hub.fanout import Limits
 
 
@@ -51,14 +51,15 @@ class Config:
     # How much transcoding may run at once, in 720p30 H.264 -> MPEG-1 transcodes (each step's
     # ``cost`` in matrix/transcodes.toml, video scaled by pixel rate). A viewer whose variant
     # would go past it is refused (HTTP 503 with Retry-After, RTMP NetStream.Play.Failed); the
-    # running variants keep their speed. -1: CAPACITY_PER_CPU per CPU this process may use;
+    # running variants keep their speed. -1: CAPACITY_PER_CPU per CPU this process may use
+    # (``cpus.usable_cpus``: affinity, capped by a container's CPU quota);
     # 0: no limit.
     transcode_capacity: float = -1.0
 
     def effective_transcode_capacity(self) -> float:
         if self.transcode_capacity >= 0:
             return self.transcode_capacity
-        return CAPACITY_PER_CPU * len(os.sched_getaffinity(0))
+        return CAPACITY_PER_CPU * usable_cpus()
 
 
 def _apply(obj: Any, data: dict[str, Any], where: str) -> None:

@@ -41,7 +41,6 @@ import gc
 import itertools
 import logging
 import multiprocessing
-import os
 import pickle
 import signal
 import socket
@@ -54,6 +53,7 @@ from fractions import Fraction
 from typing import Any
 
 from .. import planner
+from ..cpus import usable_cpus
 from ..media import Frame, Track
 from .step import COUNTERS, Admission, Admitted, Timings
 
@@ -889,12 +889,9 @@ _POOLS_LOCK = threading.Lock()
 
 
 def default_processes() -> int:
-    """One per CPU this process may run on (``taskset`` and cgroups included): with one codec
-    thread each, the processes can use every core."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """One per CPU this process may use (``taskset``, cpusets and a container's CPU quota
+    included): with one codec thread each, the processes can use every core."""
+    return usable_cpus()
 
 
 def get_pool(processes: int = -1, threads: int = 1) -> Pool:
