@@ -388,8 +388,9 @@ def media_for(matrix: planner.Matrix, stream: Stream,
     if plan.passthrough_all:
         return stream, plan
     key = ("variant", plan.variant_key())
-    if key in stream.sinks:  # running: joining it costs nothing more
-        return stream.sink(key, lambda s: Variant(s, plan, key)), plan
+    running = stream.sinks.get(key)
+    if isinstance(running, Variant):  # joining it costs nothing more
+        return running, plan
     until = _refused.get(stream, {}).get(key)
     if until is not None and (wait := until - time.monotonic()) > 0:
         raise VariantRefused(f"{stream.key}: transcoding it for {plan.protocol} crashed repeatedly; "
