@@ -8,7 +8,9 @@ The hub never knows which protocol a frame came from.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -38,6 +40,13 @@ class Sink(Protocol):
 
 S = TypeVar("S", bound=Sink)
 
+#: A viewer that comes while the publisher is still announcing its tracks waits until both kinds
+#: are known, or until this long after the publish when only one is: its plan (what passes
+#: through, what is transcoded) is made once, from the tracks known then. A publisher sends its
+#: audio and video configurations within a fraction of a second of each other.
+SETTLE = 1.0
+SETTLE_WAIT = 3.0  # s a viewer waits at most for the first track
+
 MAX_GOP_FRAMES = 3000  # ~100 s at 30 fps; a source without keyframes must not grow memory
 MAX_GOP_BYTES = 32 << 20
 
@@ -53,6 +62,7 @@ class Stream:
         self.gop: list[Frame] = []
         self._gop_bytes = 0
         self.ended = False
+        self.started = time.monotonic()
         self.frames_in = 0
         self.bytes_in = 0
         self._rate: dict[str, list[float]] = {}  # kind -> [first ms, last ms, bytes]
@@ -66,6 +76,19 @@ class Stream:
     @property
     def has_video(self) -> bool:
         return "video" in self.info.tracks
+
+    def settled(self) -> bool:
+        """Whether the publisher's tracks are all known (see ``SETTLE``): video and audio, or
+        one of them and the publish is ``SETTLE`` old."""
+        n = len(self.info.tracks)
+        return n >= 2 or (n == 1 and time.monotonic() - self.started >= SETTLE)
+
+    async def wait_settled(self, timeout: float = SETTLE_WAIT) -> None:
+        """Until ``settled()``, the end of the stream, or ``timeout``. Polls: it only ever waits
+        in the first moments after a publish."""
+        deadline = time.monotonic() + timeout
+        while not self.settled() and not self.ended and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     # -- publisher side ------------------------------------------------------------------
 

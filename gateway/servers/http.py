@@ -66,6 +66,15 @@ async def play(request: web.Request, target: str, sink_key: str,
     """
     stream = _stream(request)
     ctx = request.app[CTX]
+    if not stream.settled():  # just published: plan once its tracks are known
+        log.info("%s: %s: waiting for the publisher's tracks (so far: %s)", _peer(request),
+                 stream.key, ", ".join(stream.tracks) or "none")
+        await stream.wait_settled()
+        if stream.ended:
+            raise web.HTTPNotFound(text=f"stream {stream.key} ended\n", headers=CORS)
+        if not stream.tracks:
+            raise web.HTTPServiceUnavailable(text=f"stream {stream.key} has no media yet\n",
+                                             headers={**CORS, "Retry-After": "1"})
     try:
         media, plan = media_for(ctx.matrix, stream, target)
     except VariantRefused as e:

@@ -57,6 +57,7 @@ class RtmpSession(asyncio.Protocol):
         self.ingest: FlvIngest | None = None
         self.publish_id = 0
         self.play: tuple[RtmpOutput, Fanout, Viewer] | None = None
+        self._settling: asyncio.Task[None] | None = None  # a play waiting for the tracks
         self.closed = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -95,6 +96,8 @@ class RtmpSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._settling is not None:
+            self._settling.cancel()
         self._stop_publish("publisher disconnected")
         self._stop_play("connection closed")
 
@@ -170,12 +173,39 @@ class RtmpSession(asyncio.Protocol):
         key = stream_key(self.app, ev.name)
         if self.play is not None:
             self._stop_play("replaced by a new play")
+        if self._settling is not None:
+            self._settling.cancel()
+            self._settling = None
         try:
             stream = self.hub.get(key)
         except HubError as e:
             log.info("rtmp %s: play %s: %s", self.peer, key, e)
             self.conn.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", str(e))
             return
+        if not stream.settled():  # just published: plan once its tracks are known
+            log.info("rtmp %s: play %s: waiting for the publisher's tracks (so far: %s)",
+                     self.peer, key, ", ".join(stream.tracks) or "none")
+            self._settling = asyncio.get_running_loop().create_task(self._play_settled(ev, stream))
+            return
+        self._start_play(ev, stream)
+
+    async def _play_settled(self, ev: rc.PlayRequested, stream: Stream) -> None:
+        await stream.wait_settled()
+        self._settling = None
+        if self.closed or self.conn is None or self.transport is None:
+            return
+        if stream.ended or not stream.tracks:
+            why = f"{stream.key} ended" if stream.ended else f"{stream.key} has no media yet"
+            log.info("rtmp %s: play %s: %s", self.peer, stream.key, why)
+            self.conn.reject_play(ev.stream_id, "NetStream.Play.Failed", why)
+            self._flush()
+            return
+        self._start_play(ev, stream)
+        self._flush()
+
+    def _start_play(self, ev: rc.PlayRequested, stream: Stream) -> None:
+        assert self.conn is not None and self.transport is not None
+        key = stream.key
         protocol = classify(self.app, {**self.query, **ev.query}, self.miniprogram_apps)
         try:
             media, _ = media_for(self.ctx.matrix, stream, protocol)

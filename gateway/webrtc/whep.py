@@ -309,10 +309,9 @@ class WhepSession(PeerSession):
         return answer
 
     async def _wait_tracks(self) -> None:
-        """A stream announced a moment ago may not know its tracks yet (WHIP before its keyframe)."""
-        deadline = time.monotonic() + self.settings.track_wait
-        while not self.source.tracks and not self.source.ended and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        """A stream announced a moment ago may not know its tracks yet (WHIP before its keyframe;
+        RTMP between its video and audio configurations): the plan is made once, from all."""
+        await self.source.wait_settled(self.settings.track_wait)
         if self.source.ended:
             raise SessionError(404, f"stream {self.key} ended")
         if not self.source.tracks:
