@@ -41,9 +41,10 @@ class Sink(Protocol):
 S = TypeVar("S", bound=Sink)
 
 #: A viewer that comes while the publisher is still announcing its tracks waits until both kinds
-#: are known, or until this long after the publish when only one is: its plan (what passes
+#: are known, or until this long after the first one when only one is: its plan (what passes
 #: through, what is transcoded) is made once, from the tracks known then. A publisher sends its
-#: audio and video configurations within a fraction of a second of each other.
+#: audio and video configurations within a fraction of a second of each other (WHIP: once its
+#: connection is up, which can take longer than that after the publish itself).
 SETTLE = 1.0
 SETTLE_WAIT = 3.0  # s a viewer waits at most for the first track
 
@@ -62,7 +63,7 @@ class Stream:
         self.gop: list[Frame] = []
         self._gop_bytes = 0
         self.ended = False
-        self.started = time.monotonic()
+        self._first_track_at = 0.0  # monotonic time the first track was announced
         self.frames_in = 0
         self.bytes_in = 0
         self._rate: dict[str, list[float]] = {}  # kind -> [first ms, last ms, bytes]
@@ -79,9 +80,9 @@ class Stream:
 
     def settled(self) -> bool:
         """Whether the publisher's tracks are all known (see ``SETTLE``): video and audio, or
-        one of them and the publish is ``SETTLE`` old."""
+        one of them, announced ``SETTLE`` ago."""
         n = len(self.info.tracks)
-        return n >= 2 or (n == 1 and time.monotonic() - self.started >= SETTLE)
+        return n >= 2 or (n == 1 and time.monotonic() - self._first_track_at >= SETTLE)
 
     async def wait_settled(self, timeout: float = SETTLE_WAIT) -> None:
         """Until ``settled()``, the end of the stream, or ``timeout``. Polls: it only ever waits
@@ -94,6 +95,8 @@ class Stream:
 
     def set_track(self, track: Track) -> None:
         """A new or changed codec configuration; sinks get it before the next frame."""
+        if not self.info.tracks:
+            self._first_track_at = time.monotonic()
         self.info.tracks[track.kind] = track
         for sink in list(self.sinks.values()):
             sink.on_track(track)
