@@ -78,7 +78,7 @@ def configure(*, processes: int, threads: int = 1, capacity: float = 0.0) -> Non
 
 
 def _used() -> float:
-    return sum(v.cost for v in list(_running) if not v.closed)
+    return float(sum(v.cost for v in list(_running) if not v.closed))
 
 
 def transcode_load() -> dict[str, float]:
