@@ -9,13 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from conftest import Publisher
 
 
-def _start(tmp_path) -> tuple[subprocess.Popen[bytes], int, int, object]:  # type: ignore[no-untyped-def]
+def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int, BinaryIO]:
     log = open(tmp_path / "gateway.log", "w+b")
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1",
                              "--rtmp-port", "0", "--http-port", "0"],
@@ -38,8 +40,9 @@ def _alive_in_group(pgid: int) -> list[str]:
     return [line for line in out.splitlines() if line.strip() and not line.strip().startswith("Z")]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_the_whole_group_stops_the_gateway_cleanly(clips, tmp_path, sig) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_group_stops_the_gateway_cleanly(clips, tmp_path: Path,
+                                                               sig: signal.Signals) -> None:
     """systemd (KillMode=control-group), `timeout` and Ctrl-C signal every process of the
     group at once, the transcode processes too. The gateway must still stop in order: its
     streams end, its transcode processes exit with it, and nothing is logged as a failure."""
