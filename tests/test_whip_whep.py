@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import math
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import flvcheck
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
-from conftest import RunningGateway, _start_gateway, kill_while_coding
+from conftest import FFMPEG, RunningGateway, _start_gateway, kill_while_coding
 
 from gateway.codecs import h264
 from gateway.config import Config
@@ -883,3 +884,34 @@ def test_whep_variant_that_keeps_crashing_is_refused_with_503(gateway: RunningGa
         await again.pc.close()
 
     run(main())
+
+
+def test_h5_to_whep(gateway: RunningGateway) -> None:
+    """An h5 (MPEG-TS, MPEG-1 + MP2) publisher watched over WHEP: the answer offers H.264 and
+    Opus, and the viewer decodes both, at the source's size."""
+    pub = subprocess.Popen(
+        [FFMPEG, "-hide_banner", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "20",
+         "-c:v", "mpeg1video", "-b:v", "1M", "-bf", "0", "-g", "15", "-c:a", "mp2", "-b:a", "128k",
+         "-f", "mpegts", gateway.http_url("live/h5w.ts")],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        gateway.wait_stream("live/h5w", timeout=10)
+
+        async def main() -> WhepSession:
+            viewer = WhepClient(gateway.http_url("live/h5w/whep"))
+            await viewer.start()
+            assert negotiated(viewer.answer) == {"audio": ["opus"], "video": ["h264"]}
+            got = await first_frames(viewer, n=3, timeout=15)
+            frame = got["video"][0][1]
+            assert (frame.width, frame.height) == (640, 360)
+            session = next(s for s in sessions(gateway).values() if isinstance(s, WhepSession))
+            await viewer.close()
+            return session
+
+        session = run(main())
+        plan = str(session.plan)
+        assert "mpeg1video -> h264" in plan and "mp2 -> opus" in plan, plan
+    finally:
+        pub.terminate()
+        pub.wait(5)
