@@ -673,3 +673,30 @@ def test_an_rtmp_player_that_comes_with_an_h5_publisher_gets_h264_and_aac(
         pytest.fail("the play never came before the tracks were known")
     assert r.returncode == 0, r.stderr
     assert probe(tmp_path / "early.flv").codecs == {"video": "h264", "audio": "aac"}
+
+
+def test_an_ip_camera_like_source_plays_as_jsmpeg(gateway: RunningGateway, publish, tmp_path: Path) -> None:
+    """What a cheap camera sends: an odd size, 12.5 fps and 8 kHz mono AAC. jsmpeg gets an even
+    size, a rate MPEG-1 can declare (its frames are not duplicated: they keep their times),
+    MP2 at a rate jsmpeg decodes (32 kHz), and sound and pictures together."""
+    clip = tmp_path / "cam.flv"
+    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-y",
+                    "-f", "lavfi", "-i", "testsrc2=size=641x361:rate=12.5",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000", "-t", "6",
+                    "-c:v", "libx264", "-preset", "veryfast", "-g", "25", "-bf", "0",
+                    "-c:a", "aac", "-ac", "1", "-b:a", "24k", "-f", "flv", str(clip)],
+                   check=True, timeout=120)
+    publish(clip, "live/ipcam")
+    data = asyncio.run(ws_collect(gateway.ws_url("live/ipcam.jsmpeg"), 4.0))
+    got = _decode_ts(data)
+    assert got["codecs"][0] == {"video": "mpeg1video", "audio": "mp2"}
+    video, audio = got["video"], got["audio"]
+    assert (video[0].width, video[0].height) == (640, 360)
+    assert (audio[0].sample_rate, audio[0].layout.nb_channels) == (32000, 1)
+    span = video[-1].time - video[0].time
+    assert 11 <= (len(video) - 1) / span <= 14, (len(video), span)  # still 12.5 pictures a second
+    with av.open(io.BytesIO(data), format="mpegts") as c:
+        rate = c.streams.video[0].codec_context.framerate
+    assert float(rate) == pytest.approx(24000 / 1001), rate  # declared: a standard MPEG-1 rate
+    assert abs(video[0].time - audio[0].time) < 0.15, (video[0].time, audio[0].time)
+    assert abs(video[-1].time - audio[-1].time) < 0.2, (video[-1].time, audio[-1].time)
