@@ -96,8 +96,6 @@ class RtmpSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._settling is not None:
-            self._settling.cancel()
         self._stop_publish("publisher disconnected")
         self._stop_play("connection closed")
 
@@ -171,11 +169,7 @@ class RtmpSession(asyncio.Protocol):
     def _play(self, ev: rc.PlayRequested) -> None:
         assert self.conn is not None and self.transport is not None
         key = stream_key(self.app, ev.name)
-        if self.play is not None:
-            self._stop_play("replaced by a new play")
-        if self._settling is not None:
-            self._settling.cancel()
-            self._settling = None
+        self._stop_play("replaced by a new play")
         try:
             stream = self.hub.get(key)
         except HubError as e:
@@ -245,6 +239,9 @@ class RtmpSession(asyncio.Protocol):
             self.hub.unpublish(stream, reason)
 
     def _stop_play(self, reason: str) -> None:
+        if self._settling is not None:  # a play still waiting for the tracks: not any more
+            self._settling.cancel()
+            self._settling = None
         play, self.play = self.play, None
         if play is not None:
             output, fanout, viewer = play
