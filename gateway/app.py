@@ -12,6 +12,7 @@ from aiohttp import web
 from . import planner
 from .config import Config
 from .context import Context
+from .cpus import usable_cpus
 from .hub.stream import Hub
 from .servers import http, rtmp
 from .transcode import pool, variant
@@ -40,8 +41,15 @@ class Gateway:
 
 
 async def start(config: Config) -> Gateway:
+    capacity = config.effective_transcode_capacity()
     variant.configure(processes=config.transcode_processes, threads=config.transcode_threads,
-                      capacity=config.effective_transcode_capacity())
+                      capacity=capacity)
+    workers = config.transcode_processes
+    log.info("transcoding: capacity %s (in 720p30 H.264->MPEG-1 transcodes), %s; %d usable CPU(s)",
+             f"{capacity:g}" if capacity else "unlimited",
+             "threads of this process" if workers == 0
+             else f"{workers if workers > 0 else pool.default_processes()} worker processes",
+             usable_cpus())
     if config.transcode_prestart and config.transcode_processes != 0:
         pool.get_pool(config.transcode_processes, config.transcode_threads)
     hub = Hub()
