@@ -13,7 +13,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import av
@@ -25,6 +27,8 @@ from gateway.config import Config
 from gateway.transcode import pool as pool_mod
 from gateway.transcode import variant as variant_mod
 from gateway.transcode.step import COUNTERS
+
+T = TypeVar("T")
 
 
 def _codecs(data: bytes) -> dict[str, str]:
@@ -625,28 +629,37 @@ def test_past_the_transcode_capacity_rtmp_play_fails_with_the_reason(tmp_path: P
         next(gen, None)
 
 
+def _play_before_the_tracks(gateway: RunningGateway, caplog: pytest.LogCaptureFixture, name: str,
+                            publish: Callable[[str], Callable[[], object]],
+                            play: Callable[[str], T]) -> T:
+    """Publish on a fresh key, ``play`` it the moment the key exists, until the gateway logs
+    that the player came before the publisher's tracks were known (it usually does at once)."""
+    for attempt in range(15):
+        key = f"live/{name}{attempt}"
+        stop = publish(key)
+        try:
+            deadline = time.monotonic() + 10
+            while key not in gateway.gw.hub.streams:
+                assert time.monotonic() < deadline, "never published"
+                time.sleep(0.002)
+            got = play(key)
+        finally:
+            stop()
+        if any("waiting for the publisher's tracks" in r.getMessage() and key in r.getMessage()
+               for r in caplog.records):
+            return got
+    pytest.fail("the player never came before the tracks were known")
+
+
 def test_a_viewer_that_comes_with_the_publisher_gets_every_track(gateway: RunningGateway, clips,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A player that connects the moment a stream is published (an auto-retrying page, a CDN
     pull) used to be planned from the tracks known then: none, or only one, for good. It now
     waits until the publisher's tracks are known and gets a variant with both."""
     caplog.set_level(logging.INFO, logger="gateway.servers.http")
-    for attempt in range(15):  # until the viewer lands before the tracks (it usually does at once)
-        key = f"live/early{attempt}"
-        pub = Publisher(clips["plain"], gateway.rtmp_url(key))
-        try:
-            deadline = time.monotonic() + 10
-            while key not in gateway.gw.hub.streams:
-                assert time.monotonic() < deadline, pub.stderr()
-                time.sleep(0.002)
-            data = asyncio.run(ws_collect(gateway.ws_url(f"{key}.jsmpeg"), 2.0))
-        finally:
-            pub.stop()
-        if any("waiting for the publisher's tracks" in r.getMessage() and key in r.getMessage()
-               for r in caplog.records):
-            break
-    else:
-        pytest.fail("the viewer never came before the tracks were known")
+    data = _play_before_the_tracks(
+        gateway, caplog, "early", lambda key: Publisher(clips["plain"], gateway.rtmp_url(key)).stop,
+        lambda key: asyncio.run(ws_collect(gateway.ws_url(f"{key}.jsmpeg"), 2.0)))
     got = _decode_ts(data)
     assert got["video"] and got["audio"], {k: len(v) for k, v in got.items()}
 
@@ -656,23 +669,14 @@ def test_an_rtmp_player_that_comes_with_an_h5_publisher_gets_h264_and_aac(
     """The same over RTMP: a play that arrives before an h5 (MPEG-1/MP2) stream's tracks are
     known waits for them, then gets the H.264 + AAC variant (it used to get nothing)."""
     caplog.set_level(logging.INFO, logger="gateway.servers.rtmp")
-    for attempt in range(10):
-        key = f"live/earlyh5{attempt}"
+
+    def publish(key: str) -> Callable[[], object]:
         pub = _h5_publisher(gateway.http_url(f"{key}.ts"), seconds=8)
-        try:
-            deadline = time.monotonic() + 10
-            while key not in gateway.gw.hub.streams:
-                assert time.monotonic() < deadline, "never published"
-                time.sleep(0.002)
-            r = capture(gateway.rtmp_url(key), tmp_path / "early.flv", 1.5)
-        finally:
-            pub.terminate()
-            pub.wait(5)
-        if any("waiting for the publisher's tracks" in m.getMessage() and key in m.getMessage()
-               for m in caplog.records):
-            break
-    else:
-        pytest.fail("the play never came before the tracks were known")
+        return lambda: (pub.terminate(), pub.wait(5))
+
+    r = _play_before_the_tracks(
+        gateway, caplog, "earlyh5", publish,
+        lambda key: capture(gateway.rtmp_url(key), tmp_path / "early.flv", 1.5))
     assert r.returncode == 0, r.stderr
     assert probe(tmp_path / "early.flv").codecs == {"video": "h264", "audio": "aac"}
 

@@ -218,3 +218,36 @@ def test_failing_sink_is_removed_publisher_unharmed() -> None:
     s.push(Frame(v, b"k", 0, 0, keyframe=True))
     s.push(Frame(v, b"p", 33, 33))
     assert got == [b"k", b"p"] and "bad" not in s.sinks
+
+
+def test_wait_settled_waits_for_both_kinds_and_says_what_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer's plan waits until video and audio are known (or one of them for ``SETTLE``);
+    a stream that ended, or that still has no track, is an error with the reason."""
+    import asyncio
+
+    from gateway.hub import stream as stream_mod
+
+    monkeypatch.setattr(stream_mod, "SETTLE", 0.2)
+
+    async def run() -> None:
+        hub = Hub()
+        s = hub.publish("live/s", StreamInfo("rtmp"), "test")
+        with pytest.raises(stream_mod.NoMediaYet, match="live/s has no media yet"):
+            await s.wait_settled(0.1)
+        s.set_track(Track(kind="video", codec="h264"))
+        assert not s.settled()  # one kind, announced just now: the other may follow
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, s.set_track, Track(kind="audio", codec="aac"))
+        t0 = loop.time()
+        await s.wait_settled(2.0)
+        assert s.settled() and loop.time() - t0 < 0.15  # returned with the second kind
+        video_only = hub.publish("live/v", StreamInfo("rtmp"), "test")
+        video_only.set_track(Track(kind="video", codec="h264"))
+        t0 = loop.time()
+        await video_only.wait_settled(2.0)
+        assert 0.15 < loop.time() - t0 < 1.0  # one kind: settled after SETTLE
+        hub.unpublish(s, "gone")
+        with pytest.raises(stream_mod.HubError, match="live/s ended"):
+            await s.wait_settled(0.1)
+
+    asyncio.run(run())

@@ -27,6 +27,10 @@ class StreamBusy(HubError):
     pass
 
 
+class NoMediaYet(HubError):
+    """Published, but no track known yet: worth trying again in a moment."""
+
+
 class StreamNotFound(HubError):
     pass
 
@@ -85,11 +89,16 @@ class Stream:
         return n >= 2 or (n == 1 and time.monotonic() - self._first_track_at >= SETTLE)
 
     async def wait_settled(self, timeout: float = SETTLE_WAIT) -> None:
-        """Until ``settled()``, the end of the stream, or ``timeout``. Polls: it only ever waits
-        in the first moments after a publish."""
+        """Until ``settled()``, the end of the stream, or ``timeout``; then ``HubError`` if it
+        ended, ``NoMediaYet`` if it still has no track. Polls: it only ever waits in the first
+        moments after a publish."""
         deadline = time.monotonic() + timeout
         while not self.settled() and not self.ended and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self.ended:
+            raise HubError(f"stream {self.key} ended")
+        if not self.info.tracks:
+            raise NoMediaYet(f"stream {self.key} has no media yet")
 
     # -- publisher side ------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 
 from ..context import Context
 from ..hub.fanout import Limits, Viewer, http_chunk, ws_binary
-from ..hub.stream import HubError, Stream
+from ..hub.stream import HubError, NoMediaYet, Stream
 from ..outputs.base import Output
 from ..outputs.flv import FlvOutput
 from ..static import asset_candidates, find_asset
@@ -69,12 +69,13 @@ async def play(request: web.Request, target: str, sink_key: str,
     if not stream.settled():  # just published: plan once its tracks are known
         log.info("%s: %s: waiting for the publisher's tracks (so far: %s)", _peer(request),
                  stream.key, ", ".join(stream.tracks) or "none")
-        await stream.wait_settled()
-        if stream.ended:
-            raise web.HTTPNotFound(text=f"stream {stream.key} ended\n", headers=CORS)
-        if not stream.tracks:
-            raise web.HTTPServiceUnavailable(text=f"stream {stream.key} has no media yet\n",
-                                             headers={**CORS, "Retry-After": "1"})
+        try:
+            await stream.wait_settled()
+        except NoMediaYet as e:
+            raise web.HTTPServiceUnavailable(text=f"{e}\n",
+                                             headers={**CORS, "Retry-After": "1"}) from None
+        except HubError as e:
+            raise web.HTTPNotFound(text=f"{e}\n", headers=CORS) from None
     try:
         media, plan = media_for(ctx.matrix, stream, target)
     except VariantRefused as e:

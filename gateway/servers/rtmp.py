@@ -184,17 +184,20 @@ class RtmpSession(asyncio.Protocol):
         self._start_play(ev, stream)
 
     async def _play_settled(self, ev: rc.PlayRequested, stream: Stream) -> None:
-        await stream.wait_settled()
+        try:
+            await stream.wait_settled()
+        except HubError as e:
+            why: HubError | None = e
+        else:
+            why = None
         self._settling = None
         if self.closed or self.conn is None or self.transport is None:
             return
-        if stream.ended or not stream.tracks:
-            why = f"{stream.key} ended" if stream.ended else f"{stream.key} has no media yet"
+        if why is not None:
             log.info("rtmp %s: play %s: %s", self.peer, stream.key, why)
-            self.conn.reject_play(ev.stream_id, "NetStream.Play.Failed", why)
-            self._flush()
-            return
-        self._start_play(ev, stream)
+            self.conn.reject_play(ev.stream_id, "NetStream.Play.Failed", str(why))
+        else:
+            self._start_play(ev, stream)
         self._flush()
 
     def _start_play(self, ev: rc.PlayRequested, stream: Stream) -> None:

@@ -52,7 +52,8 @@ _refused: weakref.WeakKeyDictionary[Stream, dict[object, float]] = weakref.WeakK
 
 
 class VariantRefused(ValueError):
-    """This transcode of this stream kept crashing its process; ``str()`` says why and for how long."""
+    """A new variant is not started now: that transcode of that stream kept crashing its process,
+    or the transcode capacity is in use. ``str()`` says which; ``retry_after`` is in seconds."""
 
     def __init__(self, reason: str, retry_after: float) -> None:
         super().__init__(reason)

@@ -33,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .. import planner
 from ..codecs import h264
-from ..hub.stream import Stream
+from ..hub.stream import HubError, NoMediaYet, Stream
 from ..media import Frame, Track
 from ..transcode.variant import VariantRefused, media_for
 from . import PeerSession, SessionError, Settings, sdp, seam
@@ -311,11 +311,12 @@ class WhepSession(PeerSession):
     async def _wait_tracks(self) -> None:
         """A stream announced a moment ago may not know its tracks yet (WHIP before its keyframe;
         RTMP between its video and audio configurations): the plan is made once, from all."""
-        await self.source.wait_settled(self.settings.track_wait)
-        if self.source.ended:
-            raise SessionError(404, f"stream {self.key} ended")
-        if not self.source.tracks:
-            raise SessionError(503, f"stream {self.key} has no media yet")
+        try:
+            await self.source.wait_settled(self.settings.track_wait)
+        except NoMediaYet as e:
+            raise SessionError(503, str(e)) from None
+        except HubError as e:
+            raise SessionError(404, str(e)) from None
 
     def _add_tracks(self) -> None:
         for kind in self.codecs:
