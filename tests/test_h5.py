@@ -198,6 +198,44 @@ def test_garbage_ts_post_gets_clear_error(gateway: RunningGateway) -> None:
     assert "MPEG-TS" in e.value.read().decode()
 
 
+def test_garbage_over_a_websocket_closes_it_with_the_reason(gateway: RunningGateway) -> None:
+    async def run() -> tuple[object, int | None, object]:
+        async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/wsjunk.ts")) as ws:
+            for _ in range(8):  # past the demuxer's 64 KiB garbage limit
+                await ws.send_bytes(b"hello" * 2000)
+            msg = await ws.receive(timeout=10)
+            return msg.type, ws.close_code, msg.extra
+
+    kind, code, reason = asyncio.run(run())
+    # a clean close frame, not an HTTP 400 written into the WebSocket (a protocol error, 1002)
+    assert kind == aiohttp.WSMsgType.CLOSE and code == 1003, (kind, code, reason)
+    assert str(reason).startswith("bad MPEG-TS: no MPEG-TS sync")
+    deadline = time.monotonic() + 5
+    while "live/wsjunk" in gateway.gw.hub.streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "live/wsjunk" not in gateway.gw.hub.streams
+
+
+def test_an_unsupported_codec_in_the_ts_is_named_in_the_log(gateway: RunningGateway,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    hevc = ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error"]
+    caplog.set_level(logging.INFO)
+    for name, audio in (("hevcmp2", ["-c:a", "mp2"]), ("hevc", ["-an"])):
+        pub = subprocess.run(
+            [FFMPEG, "-hide_banner", "-v", "error", "-re", "-f", "lavfi", "-i",
+             "testsrc2=size=320x240:rate=25", "-f", "lavfi", "-i", "sine", "-t", "2", *hevc, *audio,
+             "-f", "mpegts", gateway.http_url(f"live/{name}.ts")],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        del pub  # FFmpeg's HTTP output does not read the response: its exit code says nothing
+    text = caplog.text
+    # HEVC + MP2: the video is named and skipped, the audio published
+    assert "live/hevcmp2: MPEG-TS stream 0x24 (HEVC video) on PID 256 is not supported; ignored" in text
+    assert "live/hevcmp2: published" in text and "live/hevcmp2: unpublished: publisher" in text
+    # HEVC alone: the publish ends at once with the reason
+    assert ("live/hevc: bad MPEG-TS: no stream the gateway can take: the PMT lists 0x24 (HEVC video)"
+            in text), text
+
+
 def test_publisher_restart_ends_jsmpeg_viewers_and_frees_the_transcoder(
         gateway: RunningGateway, publish, clips) -> None:
     """The publisher leaves: its jsmpeg viewers are closed with a reason (jsmpeg's player then

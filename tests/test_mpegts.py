@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gateway.codecs import aac, h264
 from gateway.media import MS, Frame, Track, kind_of
 from gateway.protocols import mpegts
-from gateway.protocols.mpegts import TsDemuxer, TsError, TsMuxer
+from gateway.protocols.mpegts import TsDemuxer, TsError, TsMuxer, stream_type_name
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"
@@ -508,6 +508,19 @@ def test_unsyncable_garbage_raises() -> None:
     with pytest.raises(TsError):
         for _ in range(100):
             demuxer.receive_data(b"\x47" + bytes(999))
+
+
+def test_unsupported_streams_are_listed_and_a_ts_of_only_those_is_refused(tmp_path: Path) -> None:
+    hevc = ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error"]
+    mixed = _ffmpeg_ts(tmp_path / "hevc-mp2.ts", hevc, ["-c:a", "mp2"], seconds=1).read_bytes()
+    demuxer, frames = demux_all(mixed)
+    assert list(demuxer.unsupported.values()) == [0x24]
+    assert {f.track.codec for f in frames} == {"mp2"}  # the audio still comes through
+    assert stream_type_name(0x24) == "0x24 (HEVC video)" and stream_type_name(0x99) == "0x99"
+
+    only = _ffmpeg_ts(tmp_path / "hevc.ts", hevc, ["-an"], seconds=1).read_bytes()
+    with pytest.raises(TsError, match=r"no stream the gateway can take: the PMT lists 0x24 \(HEVC video\)"):
+        demux_all(only)
 
 
 @settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

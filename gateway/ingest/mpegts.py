@@ -11,7 +11,7 @@ import logging
 
 from ..hub.stream import Stream
 from ..media import Frame
-from ..protocols.mpegts import TsDemuxer, TsError
+from ..protocols.mpegts import SUPPORTED, TsDemuxer, TsError, stream_type_name
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class TsIngest:
         self.stream = stream
         self.demuxer = TsDemuxer()
         self.bytes_in = 0
+        self._warned: set[tuple[int, int]] = set()
 
     async def feed(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -37,6 +38,13 @@ class TsIngest:
             pass
 
     def _push(self, frames: list[Frame]) -> None:
+        for pid, stream_type in self.demuxer.unsupported.items():
+            if (pid, stream_type) not in self._warned:
+                # the operator must learn why a track the publisher sends never shows up
+                self._warned.add((pid, stream_type))
+                log.warning("%s: MPEG-TS stream %s on PID %d is not supported; ignored "
+                            "(supported: %s)", self.stream.key, stream_type_name(stream_type),
+                            pid, SUPPORTED)
         stream = self.stream
         if stream.ended:
             return

@@ -41,6 +41,7 @@ __all__ = [
     "AUDIO_PID",
     "PACKET_SIZE",
     "PMT_PID",
+    "SUPPORTED",
     "STREAM_TYPE_AAC",
     "STREAM_TYPE_H264",
     "STREAM_TYPE_MPEG1_AUDIO",
@@ -57,6 +58,7 @@ __all__ = [
     "crc32_mpeg2",
     "parse_mpeg_audio_header",
     "parse_mpeg_video_sequence",
+    "stream_type_name",
     "to_90k",
 ]
 
@@ -823,6 +825,20 @@ _ES_TYPES: Final = {
     STREAM_TYPE_MPEG2_AUDIO: _MpegAudioEs,
     STREAM_TYPE_AAC: _AdtsEs,
 }
+#: What the demuxer takes, for error messages.
+SUPPORTED: Final = "MPEG-1/2 video, H.264, MPEG audio (MP2) and AAC (ADTS)"
+_STREAM_TYPE_NAMES: Final = {
+    0x06: "private data (e.g. Opus, AC-3 or subtitles)", 0x10: "MPEG-4 Part 2 video",
+    0x11: "AAC in LATM", 0x15: "metadata", 0x24: "HEVC video", 0x33: "VVC video",
+    0x42: "AVS video", 0x81: "AC-3 audio", 0x82: "DTS audio", 0x83: "TrueHD audio",
+    0x86: "SCTE-35 cues", 0x87: "E-AC-3 audio", 0xD1: "Dirac video", 0xEA: "VC-1 video",
+}
+
+
+def stream_type_name(stream_type: int) -> str:
+    """``0x24 (HEVC video)``: the PMT's stream type as an operator can look it up."""
+    name = _STREAM_TYPE_NAMES.get(stream_type)
+    return f"0x{stream_type:02x}" + (f" ({name})" if name else "")
 
 
 # --- demuxer --------------------------------------------------------------------------------
@@ -873,6 +889,9 @@ class TsDemuxer:
         self._last_section: dict[int, bytes] = {}
         self._pids: dict[int, _Pid] = {}
         self._ts_last: int | None = None
+        #: PID -> stream type of the current PMT's streams that are skipped: not a codec this
+        #: demuxer takes (a second stream of a kind already taken is not listed)
+        self.unsupported: dict[int, int] = {}
 
     # -- public --------------------------------------------------------------------------
 
@@ -1141,6 +1160,7 @@ class TsDemuxer:
         info_len = ((body[2] & 0x0F) << 8) | body[3]
         pos = 4 + info_len
         chosen: dict[int, int] = {}  # pid -> stream_type
+        unsupported: dict[int, int] = {}
         kinds: set[str] = set()
         while pos + 5 <= len(body):
             stream_type = body[pos]
@@ -1148,10 +1168,18 @@ class TsDemuxer:
             es_len = ((body[pos + 3] & 0x0F) << 8) | body[pos + 4]
             pos += 5 + es_len
             es_class = _ES_TYPES.get(stream_type)
-            if es_class is None or es_class.kind in kinds:
+            if es_class is None:
+                unsupported[pid] = stream_type
+                continue
+            if es_class.kind in kinds:
                 continue
             kinds.add(es_class.kind)
             chosen[pid] = stream_type
+        if unsupported and not chosen:
+            names = ", ".join(stream_type_name(t) for t in unsupported.values())
+            raise TsError(f"no stream the gateway can take: the PMT lists {names}; "
+                          f"supported: {SUPPORTED}")
+        self.unsupported = unsupported
         for pid in list(self._pids):
             if chosen.get(pid) != self._pids[pid].stream_type:
                 state = self._pids.pop(pid)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..hub.stream import HubError, Stream
 from ..ingest.mpegts import TsIngest
@@ -55,6 +55,7 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
     # hold the stream key for ever (None: no limit)
     timeout = request.app[CTX].config.publish_timeout or None
     reason = "publisher finished"
+    ws: web.WebSocketResponse | None = None
     try:
         if websocket:
             ws = web.WebSocketResponse(compress=False, max_msg_size=4 << 20)
@@ -86,6 +87,9 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
     except TsError as e:
         reason = f"bad MPEG-TS: {e}"
         log.warning("ts %s: %s: %s", _peer(request), stream.key, reason)
+        if ws is not None:  # past the handshake an HTTP error would garble the WebSocket
+            await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=_close_reason(reason))
+            return ws
         raise web.HTTPBadRequest(text=f"{reason}\n", headers=CORS) from None
     except (ConnectionError, asyncio.CancelledError):
         reason = "publisher disconnected"
@@ -93,6 +97,12 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
     finally:
         ingest.finish()
         hub.unpublish(stream, reason)
+
+
+def _close_reason(text: str) -> bytes:
+    """A WebSocket close frame carries at most 123 bytes of reason (RFC 6455, 5.5)."""
+    data = text.encode()
+    return data if len(data) <= 123 else data[:120].decode(errors="ignore").encode() + b"..."
 
 
 def add_routes(app: web.Application) -> None:
