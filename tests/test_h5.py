@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import json
 import logging
@@ -10,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -234,6 +236,55 @@ def test_an_unsupported_codec_in_the_ts_is_named_in_the_log(gateway: RunningGate
     # HEVC alone: the publish ends at once with the reason
     assert ("live/hevc: bad MPEG-TS: no stream the gateway can take: the PMT lists 0x24 (HEVC video)"
             in text), text
+
+
+def test_a_publisher_whose_clock_jumps_back_plays_on_without_a_jump(gateway: RunningGateway,
+                                                                    tmp_path: Path) -> None:
+    """Two TS files sent one after the other in one POST (``cat a.ts b.ts | curl ...``, or an
+    encoder restarted under a running upload): the second's timestamps start again at 1.4 s."""
+    seg = subprocess.run(
+        [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi",
+         "-i", "sine=sample_rate=44100", "-t", "3", "-c:v", "mpeg1video", "-bf", "0", "-g", "15",
+         "-c:a", "mp2", "-f", "mpegts", "-"], capture_output=True, check=True, timeout=60).stdout
+    body = seg + seg
+    chunk = 188 * 50
+    pace = 6.0 / (len(body) / chunk)  # real time: 6 s of media in 6 s
+
+    def send() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
+        conn.putrequest("POST", "/live/jump.ts")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for i in range(0, len(body), chunk):
+            part = body[i:i + chunk]
+            conn.send(b"%x\r\n%b\r\n" % (len(part), part))
+            time.sleep(pace)
+        conn.send(b"0\r\n\r\n")
+        conn.getresponse().read()
+
+    publisher = threading.Thread(target=send, daemon=True)
+    publisher.start()
+    gateway.wait_stream("live/jump", timeout=10)
+    out = tmp_path / "jump.flv"
+    box: list[bytes] = []
+    viewer = threading.Thread(target=lambda: box.append(
+        asyncio.run(ws_collect(gateway.ws_url("live/jump.jsmpeg"), 5.0))), daemon=True)
+    viewer.start()
+    r = capture(gateway.http_url("live/jump.flv"), out, 5.0)  # transcoded to H.264 + AAC
+    viewer.join(15)
+    publisher.join(15)
+    assert r.returncode == 0, r.stderr
+    p = probe(out)
+    assert not p.decode_errors, p.decode_errors
+    jsmpeg = _decode_ts(box[0])  # MPEG-1 + MP2 passed through
+    for name, video, audio in (
+            ("flv", p.video_dts, p.audio_dts),
+            ("jsmpeg", [f.time for f in jsmpeg["video"]], [f.time for f in jsmpeg["audio"]])):
+        for kind, ts in (("video", video), ("audio", audio)):
+            steps = [b - a for a, b in zip(ts, ts[1:])]
+            assert min(steps) > 0 and max(steps) < 0.2, (name, kind, min(steps), max(steps))
+        assert video[-1] - video[0] > 4.0, (name, video[0], video[-1])  # across the splice
+        assert abs(video[-1] - audio[-1]) < 0.15, (name, video[-1], audio[-1])  # still in sync
 
 
 def test_publisher_restart_ends_jsmpeg_viewers_and_frees_the_transcoder(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from ..media import Frame, StreamInfo, Track
+from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Stream:
         self.frames_in = 0
         self.bytes_in = 0
         self._rate: dict[str, list[float]] = {}  # kind -> [first ms, last ms, bytes]
+        self.timeline = Timeline(key)
         # set by publishers that can produce a keyframe on demand (WebRTC: PLI); RTMP cannot
         self.keyframe_hook: Callable[[], bool] | None = None
 
@@ -121,6 +123,10 @@ class Stream:
         if self.info.tracks.get(frame.track.kind) is not frame.track:
             self.set_track(frame.track)
         self.frames_in += 1
+        placed = self.timeline.place(frame)  # a source clock that jumps back continues instead
+        if placed is None:
+            return
+        frame = placed
         n = len(frame.data)
         self.bytes_in += n
         r = self._rate.get(frame.track.kind)
