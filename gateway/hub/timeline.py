@@ -38,6 +38,8 @@ class _Track:
     dropping: bool = False  # audio overlapping its past after a shared re-base
     shift_key: tuple[Fraction, float] | None = None  # (time base, offset) of ``shift``
     shift: int = 0  # offset in ticks of ``shift_key``'s time base
+    tb: Fraction | None = None  # the last frame's time base
+    seconds: float = 0.0  # ``tb`` in seconds
 
 
 class Timeline:
@@ -55,11 +57,16 @@ class Timeline:
         it is to be dropped."""
         tb = frame.time_base
         kind = frame.track.kind
-        t = frame.dts * tb.numerator / tb.denominator
         s = self._tracks.get(kind)
         if s is None:
-            self._tracks[kind] = _Track(self._latest, t, t + self._latest, _DEFAULT_STEP.get(kind, 0.02))
-            return self._shifted(frame, self._tracks[kind])
+            t = frame.dts * tb.numerator / tb.denominator
+            s = self._tracks[kind] = _Track(self._latest, t, t + self._latest,
+                                            _DEFAULT_STEP.get(kind, 0.02))
+            s.tb, s.seconds = tb, float(tb)
+            return self._shifted(frame, s)
+        if tb is not s.tb:  # every frame's, on this per-frame path: Fraction's fields are slow
+            s.tb, s.seconds = tb, float(tb)
+        t = frame.dts * s.seconds
         if t < s.last_in - JUMP_BACK:
             self._rebase(s, kind, t)
         elif t > s.last_in:
