@@ -17,7 +17,7 @@ sound), and collapsing its gap would shift it against the other track.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Final
 
@@ -109,5 +109,4 @@ class Timeline:
         if s.shift_key != (tb, s.offset):
             s.shift_key = (tb, s.offset)
             s.shift = round(s.offset * tb.denominator / tb.numerator)
-        d = s.shift
-        return Frame(frame.track, frame.data, frame.pts + d, frame.dts + d, tb, frame.keyframe)
+        return replace(frame, pts=frame.pts + s.shift, dts=frame.dts + s.shift)
