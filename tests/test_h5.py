@@ -259,6 +259,7 @@ def test_a_publisher_whose_clock_jumps_back_plays_on_without_a_jump(gateway: Run
             part = body[i:i + chunk]
             conn.send(b"%x\r\n%b\r\n" % (len(part), part))
             time.sleep(pace)
+        time.sleep(3)  # the stream stays up for the API check below
         conn.send(b"0\r\n\r\n")
         conn.getresponse().read()
 
@@ -272,8 +273,11 @@ def test_a_publisher_whose_clock_jumps_back_plays_on_without_a_jump(gateway: Run
     viewer.start()
     r = capture(gateway.http_url("live/jump.flv"), out, 5.0)  # transcoded to H.264 + AAC
     viewer.join(15)
-    publisher.join(15)
     assert r.returncode == 0, r.stderr
+    with urllib.request.urlopen(gateway.http_url("api/streams"), timeout=5) as resp:
+        api = {s["key"]: s for s in json.load(resp)["streams"]}
+    assert api["live/jump"]["timestamp_jumps"] == 1
+    publisher.join(15)
     p = probe(out)
     assert not p.decode_errors, p.decode_errors
     jsmpeg = _decode_ts(box[0])  # MPEG-1 + MP2 passed through

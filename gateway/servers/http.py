@@ -158,6 +158,8 @@ async def streams(request: web.Request) -> web.Response:
                        for k, t in s.tracks.items()},
             "frames_in": s.frames_in,
             "bytes_in": s.bytes_in,
+            # the publisher's clock went back this often (see hub/timeline.py)
+            "timestamp_jumps": s.timeline.jumps,
             "outputs": _outputs(s),
         })
     return web.json_response({"streams": out, "transcode": transcode_load()}, headers=CORS)
