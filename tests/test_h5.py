@@ -113,7 +113,8 @@ def test_passthrough_decodes_nothing(gateway: RunningGateway, publish, clips, tm
     assert COUNTERS.snapshot() == before
 
 
-def _h5_publisher(url: str, seconds: int = 30, codecs: str = "mpeg1") -> subprocess.Popen:
+def _h5_publisher(url: str, seconds: int = 30, codecs: str = "mpeg1",
+                  method: str = "POST") -> subprocess.Popen:
     if codecs == "mpeg1":
         c = ["-c:v", "mpeg1video", "-b:v", "1M", "-bf", "0", "-g", "15", "-c:a", "mp2", "-b:a", "128k"]
     else:
@@ -121,7 +122,7 @@ def _h5_publisher(url: str, seconds: int = 30, codecs: str = "mpeg1") -> subproc
     return subprocess.Popen(
         [FFMPEG, "-hide_banner", "-v", "error", "-re", "-f", "lavfi", "-i",
          "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-         "-t", str(seconds), *c, "-f", "mpegts", url],
+         "-t", str(seconds), *c, "-method", method, "-f", "mpegts", url],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -148,8 +149,9 @@ def test_h5_publish_to_rtmp_and_http_flv(gateway: RunningGateway, tmp_path: Path
         pub.wait(5)
 
 
-def test_h5_publish_to_jsmpeg_passes_through(gateway: RunningGateway) -> None:
-    pub = _h5_publisher(gateway.http_url("live/h5.ts"))
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+def test_h5_publish_to_jsmpeg_passes_through(gateway: RunningGateway, method: str) -> None:
+    pub = _h5_publisher(gateway.http_url("live/h5.ts"), method=method)
     try:
         gateway.wait_stream("live/h5", timeout=10)
         before = COUNTERS.snapshot()

@@ -47,8 +47,9 @@ def _idle(request: web.Request, stream: Stream, timeout: float | None) -> str:
 
 async def ts_ingest(request: web.Request) -> web.StreamResponse:
     websocket = request.headers.get("Upgrade", "").lower() == "websocket"
-    if not websocket and request.method != "POST":
-        raise web.HTTPMethodNotAllowed(request.method, ["POST"], headers=CORS)
+    # PUT too: what `curl -T - URL` sends (a live pipe, chunked) and FFmpeg's `-method PUT`
+    if not websocket and request.method not in ("POST", "PUT"):
+        raise web.HTTPMethodNotAllowed(request.method, ["POST", "PUT"], headers=CORS)
     stream, ingest = _publish(request)
     hub = request.app[CTX].hub
     # a publisher that sends nothing for this long is disconnected: a hung encoder must not
