@@ -817,9 +817,11 @@ def test_whep_viewer_ends_with_the_stream(gateway: RunningGateway, h264_clip: Cl
     run(main())
 
 
-def test_whip_to_jsmpeg(gateway: RunningGateway, h264_clip: Clip, tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+def test_whip_to_jsmpeg(gateway: RunningGateway, h264_clip: Clip, vp8_clip: Clip, tmp_path: Path,
+                        codec: str) -> None:
     async def main() -> None:
-        pub = whip_client(gateway, h264_clip, "live/js")
+        pub = whip_client(gateway, h264_clip if codec == "h264" else vp8_clip, "live/js")
         await pub.start()
         await asyncio.to_thread(gateway.wait_stream, "live/js")
         got = b""
@@ -838,7 +840,8 @@ def test_whip_to_jsmpeg(gateway: RunningGateway, h264_clip: Clip, tmp_path: Path
 
     run(main())
     p = flvcheck.probe(tmp_path / "js.ts")
-    assert p.codecs == {"video": "mpeg1video", "audio": "mp2"}, p.codecs  # H.264 + Opus in
+    assert p.codecs == {"video": "mpeg1video", "audio": "mp2"}, p.codecs  # H.264/VP8 + Opus in
+    assert not p.decode_errors, p.decode_errors
     assert len(p.video_dts) >= 10
 
 
