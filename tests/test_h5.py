@@ -233,10 +233,11 @@ def test_an_unsupported_codec_in_the_ts_is_named_in_the_log(gateway: RunningGate
         del pub  # FFmpeg's HTTP output does not read the response: its exit code says nothing
     text = caplog.text
     # HEVC + MP2: the video is named and skipped, the audio published
-    assert "live/hevcmp2: MPEG-TS stream 0x24 (HEVC video) on PID 256 is not supported; ignored" in text
+    assert ("live/hevcmp2: MPEG-TS PID 256 (stream type 0x24) carries HEVC video, which the gateway "
+            "does not take; ignored (it takes MPEG-1 video, H.264, MP2 and AAC (ADTS))") in text
     assert "live/hevcmp2: published" in text and "live/hevcmp2: unpublished: publisher" in text
     # HEVC alone: the publish ends at once with the reason
-    assert ("live/hevc: bad MPEG-TS: no stream the gateway can take: the PMT lists 0x24 (HEVC video)"
+    assert ("live/hevc: bad MPEG-TS: no stream the gateway can take: the TS carries HEVC video (PID 256)"
             in text), text
 
 

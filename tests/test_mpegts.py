@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gateway.codecs import aac, h264
 from gateway.media import MS, Frame, Track, kind_of
 from gateway.protocols import mpegts
-from gateway.protocols.mpegts import TsDemuxer, TsError, TsMuxer, stream_type_name
+from gateway.protocols.mpegts import TsDemuxer, TsError, TsMuxer, stream_type_content
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"
@@ -514,13 +514,27 @@ def test_unsupported_streams_are_listed_and_a_ts_of_only_those_is_refused(tmp_pa
     hevc = ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error"]
     mixed = _ffmpeg_ts(tmp_path / "hevc-mp2.ts", hevc, ["-c:a", "mp2"], seconds=1).read_bytes()
     demuxer, frames = demux_all(mixed)
-    assert list(demuxer.unsupported.values()) == [0x24]
+    assert list(demuxer.unsupported.values()) == [(0x24, "HEVC video")]
     assert {f.track.codec for f in frames} == {"mp2"}  # the audio still comes through
-    assert stream_type_name(0x24) == "0x24 (HEVC video)" and stream_type_name(0x99) == "0x99"
+    assert stream_type_content(0x99) == "stream type 0x99"
 
     only = _ffmpeg_ts(tmp_path / "hevc.ts", hevc, ["-an"], seconds=1).read_bytes()
-    with pytest.raises(TsError, match=r"no stream the gateway can take: the PMT lists 0x24 \(HEVC video\)"):
+    with pytest.raises(TsError, match=r"no stream the gateway can take: the TS carries HEVC video \(PID 256\)"):
         demux_all(only)
+
+
+def test_mpeg2_video_and_mp3_under_taken_stream_types_are_listed_too(tmp_path: Path) -> None:
+    mpeg2 = ["-c:v", "mpeg2video", "-bf", "0"]
+    d, frames = demux_all(_ffmpeg_ts(tmp_path / "m2.ts", mpeg2, ["-c:a", "mp2"], 1).read_bytes())
+    assert list(d.unsupported.values()) == [(0x02, "MPEG-2 video")]
+    assert {f.track.codec for f in frames} == {"mp2"}
+    mp3 = ["-c:a", "libmp3lame"]
+    d, frames = demux_all(_ffmpeg_ts(tmp_path / "mp3.ts", ["-c:v", "mpeg1video"], mp3, 1).read_bytes())
+    assert list(d.unsupported.values()) == [(0x03, "MPEG audio layer III (MP3)")]
+    assert {f.track.codec for f in frames} == {"mpeg1video"}
+    with pytest.raises(TsError, match=r"no stream the gateway can take: .*") as e:
+        demux_all(_ffmpeg_ts(tmp_path / "both.ts", mpeg2, mp3, 1).read_bytes())
+    assert "MPEG-2 video (PID 256)" in str(e.value) and "layer III (MP3) (PID 257)" in str(e.value)
 
 
 @settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])

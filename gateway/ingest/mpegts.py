@@ -11,7 +11,7 @@ import logging
 
 from ..hub.stream import Stream
 from ..media import Frame
-from ..protocols.mpegts import SUPPORTED, TsDemuxer, TsError, stream_type_name
+from ..protocols.mpegts import SUPPORTED, TsDemuxer, TsError
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +23,17 @@ class TsIngest:
         self.stream = stream
         self.demuxer = TsDemuxer()
         self.bytes_in = 0
-        self._warned: set[tuple[int, int]] = set()
+        self._warned: set[tuple[int, str]] = set()
+        self._failed = False
 
     async def feed(self, data: bytes) -> None:
         self.bytes_in += len(data)
         loop = asyncio.get_running_loop()
-        frames = await loop.run_in_executor(None, self.demuxer.receive_data, data)
+        try:
+            frames = await loop.run_in_executor(None, self.demuxer.receive_data, data)
+        except TsError:
+            self._failed = True  # the refusal names everything; no "ignored" after it
+            raise
         self._push(frames)
 
     def finish(self) -> None:
@@ -38,13 +43,13 @@ class TsIngest:
             pass
 
     def _push(self, frames: list[Frame]) -> None:
-        for pid, stream_type in self.demuxer.unsupported.items():
-            if (pid, stream_type) not in self._warned:
+        for pid, (stream_type, what) in self.demuxer.unsupported.items():
+            if (pid, what) not in self._warned and not self._failed:
                 # the operator must learn why a track the publisher sends never shows up
-                self._warned.add((pid, stream_type))
-                log.warning("%s: MPEG-TS stream %s on PID %d is not supported; ignored "
-                            "(supported: %s)", self.stream.key, stream_type_name(stream_type),
-                            pid, SUPPORTED)
+                self._warned.add((pid, what))
+                log.warning("%s: MPEG-TS PID %d (stream type 0x%02x) carries %s, which the "
+                            "gateway does not take; ignored (it takes %s)", self.stream.key, pid,
+                            stream_type, what, SUPPORTED)
         stream = self.stream
         if stream.ended:
             return

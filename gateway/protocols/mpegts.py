@@ -58,7 +58,7 @@ __all__ = [
     "crc32_mpeg2",
     "parse_mpeg_audio_header",
     "parse_mpeg_video_sequence",
-    "stream_type_name",
+    "stream_type_content",
     "to_90k",
 ]
 
@@ -593,7 +593,7 @@ class _Es:
 
     def __init__(self) -> None:
         self.track: Track | None = None
-        self.unsupported = False
+        self.unsupported = ""  # what the stream turned out to carry, when it cannot be taken
 
     def feed(self, data: bytes, pts: int | None, dts: int | None) -> list[Frame]:
         raise NotImplementedError
@@ -612,7 +612,8 @@ class _MpegVideoEs(_Es):
             ext = data.find(b"\x00\x00\x01\xb5", at + 12)
             pic0 = data.find(b"\x00\x00\x01\x00", at + 12)
             if ext >= 0 and (pic0 < 0 or ext < pic0):
-                self.unsupported = True  # a sequence_extension: MPEG-2, which nobody here decodes
+                # a sequence_extension: MPEG-2, which jsmpeg cannot decode
+                self.unsupported = "MPEG-2 video"
                 return []
             if seq != self._seq:
                 self._seq = seq
@@ -801,7 +802,8 @@ class _MpegAudioEs(_AudioEs):
     def _emit(self, data: bytes, pos: int, length: int, pts: int) -> Frame | None:
         header = parse_mpeg_audio_header(data, pos)
         if header.layer != 2:
-            self.unsupported = True  # layer I/III are not in the media model
+            self.unsupported = f"MPEG audio layer {'I' * header.layer}" + (
+                " (MP3)" if header.layer == 3 else "")
             return None
         key = (header.sample_rate, header.channels, header.bitrate)
         if key != self._key:
@@ -826,19 +828,24 @@ _ES_TYPES: Final = {
     STREAM_TYPE_AAC: _AdtsEs,
 }
 #: What the demuxer takes, for error messages.
-SUPPORTED: Final = "MPEG-1/2 video, H.264, MPEG audio (MP2) and AAC (ADTS)"
+SUPPORTED: Final = "MPEG-1 video, H.264, MP2 and AAC (ADTS)"
 _STREAM_TYPE_NAMES: Final = {
-    0x06: "private data (e.g. Opus, AC-3 or subtitles)", 0x10: "MPEG-4 Part 2 video",
+    0x01: "MPEG-1 video", 0x02: "MPEG-2 video", 0x03: "MPEG-1 audio", 0x04: "MPEG-2 audio",
+    0x0F: "AAC", 0x1B: "H.264 video", 0x06: "private data (e.g. Opus, AC-3 or subtitles)", 0x10: "MPEG-4 Part 2 video",
     0x11: "AAC in LATM", 0x15: "metadata", 0x24: "HEVC video", 0x33: "VVC video",
     0x42: "AVS video", 0x81: "AC-3 audio", 0x82: "DTS audio", 0x83: "TrueHD audio",
     0x86: "SCTE-35 cues", 0x87: "E-AC-3 audio", 0xD1: "Dirac video", 0xEA: "VC-1 video",
 }
 
 
-def stream_type_name(stream_type: int) -> str:
-    """``0x24 (HEVC video)``: the PMT's stream type as an operator can look it up."""
-    name = _STREAM_TYPE_NAMES.get(stream_type)
-    return f"0x{stream_type:02x}" + (f" ({name})" if name else "")
+def stream_type_content(stream_type: int) -> str:
+    """What a PMT stream type carries, in an operator's words (``HEVC video``)."""
+    return _STREAM_TYPE_NAMES.get(stream_type) or f"stream type 0x{stream_type:02x}"
+
+
+def _nothing_to_take(unsupported: dict[int, tuple[int, str]]) -> str:
+    found = ", ".join(f"{what} (PID {pid})" for pid, (_, what) in unsupported.items())
+    return f"no stream the gateway can take: the TS carries {found}; it takes {SUPPORTED}"
 
 
 # --- demuxer --------------------------------------------------------------------------------
@@ -889,9 +896,10 @@ class TsDemuxer:
         self._last_section: dict[int, bytes] = {}
         self._pids: dict[int, _Pid] = {}
         self._ts_last: int | None = None
-        #: PID -> stream type of the current PMT's streams that are skipped: not a codec this
-        #: demuxer takes (a second stream of a kind already taken is not listed)
-        self.unsupported: dict[int, int] = {}
+        #: PID -> (stream type, what it carries) of the streams skipped: a stream type of the
+        #: current PMT that this demuxer does not take, or a taken type whose content it cannot
+        #: (MPEG-2 video, MP3); a second stream of a kind already taken is not listed
+        self.unsupported: dict[int, tuple[int, str]] = {}
 
     # -- public --------------------------------------------------------------------------
 
@@ -1045,6 +1053,9 @@ class TsDemuxer:
         except ValueError:  # TsError, H264Error, AacError: a damaged PES
             self.errors += 1
             return
+        if state.es.unsupported:
+            self._content_unsupported(state)
+            return
         if state.es.track is not None:
             self.tracks[state.es.kind] = state.es.track
         out.extend(frames)
@@ -1154,13 +1165,23 @@ class TsDemuxer:
         elif pid == self._pmt_pid and section[0] == 0x02:
             self._pmt(body, out)
 
+    def _content_unsupported(self, state: _Pid) -> None:
+        """A taken stream type turned out to carry what cannot be taken: listed, and when no
+        stream is left, the publish is refused."""
+        pid = next((p for p, s in self._pids.items() if s is state), None)
+        if pid is None:
+            return  # its last PES, of a stream the new PMT dropped
+        self.unsupported[pid] = (state.stream_type, state.es.unsupported)
+        if all(s.es.unsupported for s in self._pids.values()):
+            raise TsError(_nothing_to_take(self.unsupported))
+
     def _pmt(self, body: bytes, out: list[Frame]) -> None:
         if len(body) < 4:
             return
         info_len = ((body[2] & 0x0F) << 8) | body[3]
         pos = 4 + info_len
         chosen: dict[int, int] = {}  # pid -> stream_type
-        unsupported: dict[int, int] = {}
+        unsupported: dict[int, tuple[int, str]] = {}
         kinds: set[str] = set()
         while pos + 5 <= len(body):
             stream_type = body[pos]
@@ -1169,16 +1190,14 @@ class TsDemuxer:
             pos += 5 + es_len
             es_class = _ES_TYPES.get(stream_type)
             if es_class is None:
-                unsupported[pid] = stream_type
+                unsupported[pid] = (stream_type, stream_type_content(stream_type))
                 continue
             if es_class.kind in kinds:
                 continue
             kinds.add(es_class.kind)
             chosen[pid] = stream_type
         if unsupported and not chosen:
-            names = ", ".join(stream_type_name(t) for t in unsupported.values())
-            raise TsError(f"no stream the gateway can take: the PMT lists {names}; "
-                          f"supported: {SUPPORTED}")
+            raise TsError(_nothing_to_take(unsupported))
         self.unsupported = unsupported
         for pid in list(self._pids):
             if chosen.get(pid) != self._pids[pid].stream_type:
