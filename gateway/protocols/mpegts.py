@@ -831,8 +831,8 @@ _ES_TYPES: Final = {
 SUPPORTED: Final = "MPEG-1 video, H.264, MP2 and AAC (ADTS)"
 _STREAM_TYPE_NAMES: Final = {
     0x01: "MPEG-1 video", 0x02: "MPEG-2 video", 0x03: "MPEG-1 audio", 0x04: "MPEG-2 audio",
-    0x0F: "AAC", 0x1B: "H.264 video", 0x06: "private data (e.g. Opus, AC-3 or subtitles)", 0x10: "MPEG-4 Part 2 video",
-    0x11: "AAC in LATM", 0x15: "metadata", 0x24: "HEVC video", 0x33: "VVC video",
+    0x06: "private data (e.g. Opus, AC-3 or subtitles)", 0x0F: "AAC", 0x10: "MPEG-4 Part 2 video",
+    0x11: "AAC in LATM", 0x1B: "H.264 video", 0x15: "metadata", 0x24: "HEVC video", 0x33: "VVC video",
     0x42: "AVS video", 0x81: "AC-3 audio", 0x82: "DTS audio", 0x83: "TrueHD audio",
     0x86: "SCTE-35 cues", 0x87: "E-AC-3 audio", 0xD1: "Dirac video", 0xEA: "VC-1 video",
 }
