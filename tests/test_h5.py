@@ -294,6 +294,26 @@ def test_a_publisher_whose_clock_jumps_back_plays_on_without_a_jump(gateway: Run
         assert abs(video[-1] - audio[-1]) < 0.15, (name, video[-1], audio[-1])  # still in sync
 
 
+def test_a_head_request_starts_no_transcode(gateway: RunningGateway, publish, clips,  # type: ignore[no-untyped-def]
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Players and health checks probe with HEAD: headers only, no variant, no viewer."""
+    publish(clips["plain"], "live/head")
+    caplog.set_level(logging.INFO)
+    for path, kind in (("live/head.jsmpeg", "video/mp2t"), ("live/head.flv", "video/x-flv")):
+        req = urllib.request.Request(gateway.http_url(path), method="HEAD")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == kind
+            assert r.read() == b""
+    req = urllib.request.Request(gateway.http_url("live/none.jsmpeg"), method="HEAD")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=5)
+    assert e.value.code == 404
+    time.sleep(0.3)
+    started = [r.getMessage() for r in caplog.records if "variant started" in r.getMessage()
+               or ": playing live/head" in r.getMessage()]
+    assert not started, started
+
+
 def test_publisher_restart_ends_jsmpeg_viewers_and_frees_the_transcoder(
         gateway: RunningGateway, publish, clips) -> None:
     """The publisher leaves: its jsmpeg viewers are closed with a reason (jsmpeg's player then

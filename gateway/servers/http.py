@@ -65,6 +65,11 @@ async def play(request: web.Request, target: str, sink_key: str,
     transport by the fan-out. The handler just waits for the end.
     """
     stream = _stream(request)
+    headers = {**CORS, "Content-Type": content_type, "Cache-Control": "no-cache"}
+    if request.method == "HEAD":  # a probe (player, health check) must not start a transcode
+        head = web.StreamResponse(headers=headers)
+        head.enable_chunked_encoding()
+        return head
     ctx = request.app[CTX]
     if not stream.settled():  # just published: plan once its tracks are known
         log.info("%s: %s: waiting for the publisher's tracks (so far: %s)", _peer(request),
@@ -89,8 +94,7 @@ async def play(request: web.Request, target: str, sink_key: str,
         resp = web.WebSocketResponse(compress=False, max_msg_size=1 << 16)
         await resp.prepare(request)
     else:
-        resp = web.StreamResponse(headers={**CORS, "Content-Type": content_type,
-                                           "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(headers=headers)
         resp.enable_chunked_encoding()
         resp.force_close()
         await resp.prepare(request)
