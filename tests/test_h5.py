@@ -193,6 +193,16 @@ def test_h5_publish_over_websocket_and_second_publisher_refused(gateway: Running
     assert "live/wsin" not in gateway.gw.hub.streams  # ended with the WebSocket
 
 
+def test_ts_ingest_answers_a_cors_preflight(gateway: RunningGateway) -> None:
+    """A web page publishing with fetch() is preflighted: OPTIONS must be a 2xx naming the method."""
+    req = urllib.request.Request(gateway.http_url("live/page.ts"), method="OPTIONS", headers={
+        "Origin": "http://example.com", "Access-Control-Request-Method": "PUT"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 204
+        assert "PUT" in r.headers["Access-Control-Allow-Methods"].split(", ")
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
 def test_garbage_ts_post_gets_clear_error(gateway: RunningGateway) -> None:
 
     req = urllib.request.Request(gateway.http_url("live/junk.ts"), data=b"hello" * 50000, method="POST")

@@ -108,4 +108,5 @@ def _close_reason(text: str) -> bytes:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/{app}/{name}.jsmpeg", jsmpeg)
-    app.router.add_route("*", "/{app}/{name}.ts", ts_ingest)
+    for method in ("GET", "POST", "PUT"):  # GET: the WebSocket handshake; OPTIONS: CORS (http.py)
+        app.router.add_route(method, "/{app}/{name}.ts", ts_ingest)

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9_.~-]{1,128}$")
 CORS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Content-Type, Authorization, If-Match",
     "Access-Control-Expose-Headers": "Location, Link, ETag",
 }
