@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -210,6 +212,35 @@ def test_high10_source_is_re_encoded_for_miniprogram_players_only(gateway: Runni
         assert not p.decode_errors, p.decode_errors
         got[client] = next(st["pix_fmt"] for st in p.info["streams"] if st["codec_type"] == "video")
     assert got == {"miniprogram": "yuv420p", "rtmp": "yuv420p10le"}
+
+
+_ENHANCED_RTMP_PUBLISHER = """
+import sys, av, numpy as np
+out = av.open(sys.argv[1], "w", format="flv")  # PyAV's FFmpeg 8 writes HEVC as Enhanced RTMP
+s = out.add_stream("libx265", rate=25)
+s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+s.options = {"x265-params": "log-level=error"}
+try:
+    for i in range(50):
+        f = av.VideoFrame.from_ndarray(np.full((240, 320, 3), i * 5, np.uint8), format="rgb24")
+        f.pts = i
+        for p in s.encode(f):
+            out.mux(p)
+    out.close()
+except OSError as e:
+    print(type(e).__name__)
+"""
+
+
+def test_an_enhanced_rtmp_hevc_publisher_is_told_why(gateway: RunningGateway,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    r = subprocess.run([sys.executable, "-c", _ENHANCED_RTMP_PUBLISHER, gateway.rtmp_url("live/hevc")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr  # (whether its writes saw the close depends on timing)
+    assert any("bad video tag: Enhanced RTMP video (hvc1) is not supported; publish H.264"
+               in rec.getMessage() for rec in caplog.records), caplog.text
+    assert "live/hevc" not in gateway.gw.hub.streams
 
 
 def test_timestamps_past_2_pow_24_ms(gateway: RunningGateway, clips, tmp_path: Path) -> None:

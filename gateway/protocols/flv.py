@@ -219,8 +219,9 @@ def parse_video_body(body: bytes) -> VideoTag:
     if not body:
         raise FlvError("empty video tag body")
     first = body[0]
-    if first & 0x80:
-        raise FlvError("enhanced FLV video (ExVideoTagHeader) is not supported")
+    if first & 0x80:  # Enhanced RTMP (OBS, FFmpeg 6.1+ for HEVC, AV1, VP9): a FourCC follows
+        fourcc = bytes(body[1:5]).decode("ascii", "replace") if len(body) >= 5 else "?"
+        raise FlvError(f"Enhanced RTMP video ({fourcc}) is not supported; publish H.264")
     frame_type = first >> 4
     codec_id = first & 0x0F
     if not FRAME_KEY <= frame_type <= FRAME_INFO:
