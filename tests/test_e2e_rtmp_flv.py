@@ -18,6 +18,7 @@ import pytest
 from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway
 from flvcheck import assert_cut_off, assert_good, capture, probe, ws_collect
 from gateway.protocols import flv
+from gateway.protocols.rtmp import connection as rc
 
 SECONDS = 3.0
 
@@ -241,6 +242,35 @@ def test_an_enhanced_rtmp_hevc_publisher_is_told_why(gateway: RunningGateway,
     assert any("bad video tag: Enhanced RTMP video (hvc1) is not supported; publish H.264"
                in rec.getMessage() for rec in caplog.records), caplog.text
     assert "live/hevc" not in gateway.gw.hub.streams
+
+
+def test_a_publisher_whose_media_is_refused_gets_an_error_status_before_the_close(
+        gateway: RunningGateway) -> None:
+    """What FFmpeg shows as "Server error: ...": a NetStream.Publish.Failed status with the
+    reason, sent before an orderly close (a reset would discard it unread)."""
+    conn = rc.ClientConnection()
+    sock = socket.create_connection(("127.0.0.1", gateway.rtmp_port), timeout=10)
+    statuses: list[rc.Status] = []
+    with sock:
+        conn.connect("live", gateway.rtmp_url(""))
+        sock.sendall(conn.data_to_send())
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break  # closed by the gateway
+            for ev in conn.receive_data(data):
+                if isinstance(ev, rc.ConnectResult):
+                    conn.create_stream()
+                elif isinstance(ev, rc.StreamCreated):
+                    conn.publish("refused")
+                elif isinstance(ev, rc.Status):
+                    statuses.append(ev)
+                    if ev.code == "NetStream.Publish.Start":  # an Enhanced RTMP (HEVC) keyframe
+                        conn.send_media(9, 0, b"\x90hvc1" + bytes(40))
+            sock.sendall(conn.data_to_send())
+    failed = [st for st in statuses if st.code == "NetStream.Publish.Failed"]
+    assert failed and failed[0].level == "error", statuses
+    assert "Enhanced RTMP video (hvc1) is not supported; publish H.264" in failed[0].description
 
 
 def test_timestamps_past_2_pow_24_ms(gateway: RunningGateway, clips, tmp_path: Path) -> None:

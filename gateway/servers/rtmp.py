@@ -89,8 +89,11 @@ class RtmpSession(asyncio.Protocol):
                 self._handle(event)
         except (RtmpError, IngestError) as e:
             log.warning("rtmp %s: %s; closing connection", self.peer, e)
+            told = isinstance(e, IngestError) and bool(self.publish_id)
+            if told:  # the publisher's client shows it (FFmpeg: "Server error: ...")
+                self.conn.send_status(self.publish_id, "error", "NetStream.Publish.Failed", str(e))
             self._flush()
-            self._close(abort=True)
+            self._close(abort=not told)  # a reset would discard the status unread
             return
         self._flush()
 
