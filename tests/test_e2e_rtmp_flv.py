@@ -244,6 +244,28 @@ def test_an_enhanced_rtmp_hevc_publisher_is_told_why(gateway: RunningGateway,
     assert "live/hevc" not in gateway.gw.hub.streams
 
 
+def test_codecs_rtmp_cannot_carry_here_are_named_and_skipped(gateway: RunningGateway,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    for key, codecs in (("live/mp3", ["-c:v", "libx264", "-c:a", "libmp3lame"]),
+                        ("live/h263", ["-c:v", "flv1", "-c:a", "aac"])):
+        pub = subprocess.Popen(
+            [FFMPEG, "-hide_banner", "-v", "error", "-re", "-f", "lavfi", "-i",
+             "testsrc2=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=sample_rate=44100", "-t", "5",
+             *codecs, "-f", "flv", gateway.rtmp_url(key)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            gateway.wait_stream(key, video=key == "live/mp3", tracks=1)
+            time.sleep(0.5)
+            kinds = set(gateway.gw.hub.streams[key].tracks)
+        finally:
+            pub.terminate()
+            pub.wait(5)
+        assert kinds == ({"video"} if key == "live/mp3" else {"audio"}), (key, kinds)
+    text = caplog.text
+    assert "live/mp3: audio MP3 is not supported over RTMP/FLV (only AAC); ignored" in text, text
+    assert "live/h263: video Sorenson H.263 is not supported over RTMP/FLV (only H.264); ignored" in text
+
+
 def test_a_publisher_whose_media_is_refused_gets_an_error_status_before_the_close(
         gateway: RunningGateway) -> None:
     """What FFmpeg shows as "Server error: ...": a NetStream.Publish.Failed status with the

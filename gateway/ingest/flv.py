@@ -44,7 +44,8 @@ class FlvIngest:
         except flv.FlvError as e:
             raise IngestError(f"bad video tag: {e}") from e
         if tag.codec_id != CODEC_AVC:
-            self._warn_once(f"video codec id {tag.codec_id} not supported over FLV/RTMP; ignored")
+            name = flv.VIDEO_CODEC_NAMES.get(tag.codec_id, f"codec id {tag.codec_id}")
+            self._warn_once(f"video {name} is not supported over RTMP/FLV (only H.264); ignored")
             return
         if tag.avc_packet_type == 0:
             try:
@@ -72,7 +73,8 @@ class FlvIngest:
         except flv.FlvError as e:
             raise IngestError(f"bad audio tag: {e}") from e
         if tag.sound_format != SOUND_AAC:
-            self._warn_once(f"audio format {tag.sound_format} not supported over FLV/RTMP; ignored")
+            name = flv.SOUND_FORMAT_NAMES.get(tag.sound_format, f"format {tag.sound_format}")
+            self._warn_once(f"audio {name} is not supported over RTMP/FLV (only AAC); ignored")
             return
         if tag.aac_packet_type == 0:
             try:

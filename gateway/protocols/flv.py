@@ -66,6 +66,14 @@ TAG_SCRIPT = 18
 
 VIDEO_CODEC_AVC = 7
 SOUND_FORMAT_AAC = 10
+#: Names of the FLV codec ids, for messages (12 and 13 are the widespread non-standard HEVC and
+#: AV1 ids of Chinese CDNs and their encoders).
+VIDEO_CODEC_NAMES = {2: "Sorenson H.263", 3: "Screen video", 4: "On2 VP6", 5: "On2 VP6 with alpha",
+                     6: "Screen video 2", 7: "H.264", 12: "HEVC (codec id 12)",
+                     13: "AV1 (codec id 13)"}
+SOUND_FORMAT_NAMES = {0: "PCM", 1: "ADPCM", 2: "MP3", 3: "PCM", 4: "Nellymoser", 5: "Nellymoser",
+                      6: "Nellymoser", 7: "G.711 A-law", 8: "G.711 mu-law", 10: "AAC",
+                      11: "Speex", 14: "MP3", 15: "device-specific audio"}
 
 AVC_SEQUENCE_HEADER = 0
 AVC_NALU = 1
