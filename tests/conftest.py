@@ -116,22 +116,33 @@ def gateway() -> Iterator[RunningGateway]:
     yield from _start_gateway(Config(host="127.0.0.1", rtmp_port=0, http_port=0))
 
 
-def _make_clip(path: Path, *, bframes: bool, seconds: int = 6, size: str = "640x360") -> Path:
+def _make_clip(path: Path, *, bframes: bool, seconds: int = 6, size: str = "640x360",
+               ten_bit: bool = False) -> Path:
     if path.exists():
         return path
     tmp = path.with_suffix(".tmp.flv")
     vopts = ["-profile:v", "high", "-bf", "2"] if bframes else ["-profile:v", "baseline", "-bf", "0"]
+    pix_fmt = "yuv420p"
+    if ten_bit:
+        vopts, pix_fmt = ["-profile:v", "high10", "-bf", "2" if bframes else "0"], "yuv420p10le"
     subprocess.run(
         [FFMPEG, "-hide_banner", "-loglevel", "error", "-y",
          "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
          "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
          "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", *vopts,
-         "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-ac", "2",
+         "-g", "30", "-pix_fmt", pix_fmt, "-c:a", "aac", "-b:a", "64k", "-ac", "2",
          "-f", "flv", str(tmp)],
         check=True, timeout=120,
     )
     tmp.rename(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def high10_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """H.264 High 10 (10-bit 4:2:0, no B-frames) + AAC: what browsers and phones cannot decode."""
+    return _make_clip(tmp_path_factory.mktemp("clips") / "high10.flv", bframes=False, seconds=4,
+                      ten_bit=True)
 
 
 @pytest.fixture(scope="session")

@@ -194,15 +194,11 @@ def test_miniprogram_publish_and_play_with_complete_metadata(
 
 
 def test_high10_source_is_re_encoded_for_miniprogram_players_only(gateway: RunningGateway, publish,
+                                                                  high10_clip: Path,
                                                                   tmp_path: Path) -> None:
     """A phone's H.264 decoder takes 8-bit 4:2:0 only: a mini-program player gets 8 bits, an
     RTMP player the source as it is."""
-    clip = tmp_path / "high10.flv"
-    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
-                    "-f", "lavfi", "-i", "sine", "-t", "4", "-c:v", "libx264", "-pix_fmt", "yuv420p10le",
-                    "-profile:v", "high10", "-bf", "0", "-g", "30", "-c:a", "aac", str(clip)],
-                   check=True, timeout=120)
-    publish(clip, "live/ten")
+    publish(high10_clip, "live/ten")
     got = {}
     for client, url in (("miniprogram", gateway.rtmp_url("live/ten") + "?client=miniprogram"),
                         ("rtmp", gateway.rtmp_url("live/ten"))):

@@ -17,7 +17,7 @@ from ..ingest.mpegts import TsIngest
 from ..media import StreamInfo
 from ..outputs.jsmpeg import JsmpegOutput
 from ..protocols.mpegts import TsError
-from .http import CORS, CTX, _key, _peer, play
+from .http import CORS, CTX, _key, _peer, close_reason, play
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
                     msg = await ws.receive(timeout=timeout)
                 except asyncio.TimeoutError:
                     reason = _idle(request, stream, timeout)
-                    await ws.close(code=1001, message=reason.encode())
+                    await ws.close(code=1001, message=close_reason(reason))
                     break
                 if msg.type == WSMsgType.BINARY:
                     await ingest.feed(msg.data)
@@ -89,7 +89,7 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
         reason = f"bad MPEG-TS: {e}"
         log.warning("ts %s: %s: %s", _peer(request), stream.key, reason)
         if ws is not None:  # past the handshake an HTTP error would garble the WebSocket
-            await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=_close_reason(reason))
+            await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=close_reason(reason))
             return ws
         raise web.HTTPBadRequest(text=f"{reason}\n", headers=CORS) from None
     except (ConnectionError, asyncio.CancelledError):
@@ -98,12 +98,6 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
     finally:
         ingest.finish()
         hub.unpublish(stream, reason)
-
-
-def _close_reason(text: str) -> bytes:
-    """A WebSocket close frame carries at most 123 bytes of reason (RFC 6455, 5.5)."""
-    data = text.encode()
-    return data if len(data) <= 123 else data[:120].decode(errors="ignore").encode() + b"..."
 
 
 def add_routes(app: web.Application) -> None:

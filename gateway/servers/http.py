@@ -56,6 +56,12 @@ def _peer(request: web.Request) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else "?"
 
 
+def close_reason(text: str) -> bytes:
+    """A WebSocket close frame carries at most 123 bytes of reason (RFC 6455, 5.5)."""
+    data = text.encode()
+    return data if len(data) <= 123 else data[:120].decode(errors="ignore").encode() + b"..."
+
+
 async def play(request: web.Request, target: str, sink_key: str,
                make_output: Callable[[Stream, object, Limits], Output],
                content_type: str) -> web.StreamResponse:
@@ -106,7 +112,7 @@ async def play(request: web.Request, target: str, sink_key: str,
         if not done.done():
             done.set_result(reason)
         if ws is not None and not ws.closed:
-            asyncio.ensure_future(ws.close(message=reason[:100].encode()))
+            asyncio.ensure_future(ws.close(message=close_reason(reason)))
 
     label = f"{'ws' if ws is not None else 'http'}-{sink_key} {_peer(request)}"
     viewer = Viewer(transport, label, on_end)
