@@ -70,6 +70,9 @@ MAX_P99_MS = 1000.0  # a variant whose p99 exceeds this is not "real time" even 
 TARGET_RATIO = 0.9  # gateway max N / FFmpeg max N
 TARGET_VIDEO_P99_MS = 1000.0 / FPS  # one frame interval
 TARGET_AUDIO_P99_MS = 30.0
+#: FFmpeg CLI sides -> their ``FfLevel.io``; every side, in the order a level runs them.
+FF_SIDES = {"ffmpeg": "file", "ffmpeg-net": "net", "ffmpeg-lit": "lit"}
+SIDES = ("gateway", *FF_SIDES)
 
 # 720p30 H.264 high with B-frames (as OBS-like encoders send), AAC 44.1 kHz stereo: testsrc2 is
 # cheaper to decode than camera video, so absolute figures are optimistic for both sides.
@@ -225,7 +228,9 @@ class GwLevel:
 @dataclass
 class FfLevel:
     n: int
-    io: str = "file"  # "file": -re clip -> /dev/null; "net": RTMP in from rtmppub, TS out over TCP
+    #: "file": -re clip -> /dev/null; "net": RTMP in from rtmppub, TS out over TCP; "lit": as
+    #: "file", with ``-threads 1`` written once, before ``-i`` (the encoder at FFmpeg's default)
+    io: str = "file"
     verdict: str = "ERROR"
     speed_min: float | None = None
     speed_med: float | None = None
@@ -557,19 +562,22 @@ def say_gateway(row: GwLevel) -> None:
 
 
 def ffmpeg_cmd(clip: Path, args: argparse.Namespace, rtmp_port: int = 0, sink_port: int = 0,
-               name: str = "s") -> list[str]:
+               name: str = "s", literal: bool = False) -> list[str]:
     """The issue's reference transcode; ``-threads 1`` for the decoder and (like the gateway) the encoder.
 
     ``io="file"`` (no ports): ``-re`` from the clip, TS to /dev/null. ``io="net"`` (ports given): the
     same I/O as the gateway gets, i.e. an RTMP server for the publisher (``-listen 1``) and TS
-    over a TCP connection to a reader in this process.
+    over a TCP connection to a reader in this process. ``literal``: the issue's "FFmpeg CLI
+    (``-threads 1``)" as FFmpeg reads that command written the usual way, ``ffmpeg -threads 1 -i
+    ...``: an option before ``-i`` is the input's, so the encoder runs at FFmpeg's default (slice
+    threads, one per CPU + 1), which costs more CPU in total.
     """
     src = (["-listen", "1", "-i", f"rtmp://127.0.0.1:{rtmp_port}/live/{name}"] if rtmp_port
            else ["-re", "-stream_loop", "-1", "-i", str(clip)])
     dst = f"tcp://127.0.0.1:{sink_port}" if sink_port else "/dev/null"
     return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-threads", "1", *src,
             "-c:v", "mpeg1video", "-b:v", str(args.video_bitrate), "-bf", "0", "-g", "30",
-            "-threads", str(args.ffmpeg_enc_threads),
+            *([] if literal else ["-threads", str(args.ffmpeg_enc_threads)]),
             "-c:a", "mp2", "-b:a", "128k", "-f", "mpegts",
             "-progress", "pipe:1", "-stats_period", "0.5", "-y", dst]  # fmt: skip
 
@@ -630,7 +638,7 @@ def ffmpeg_level(procs: ProcessGroup, clip: Path, n: int, args: argparse.Namespa
         names = [f"f{n}s{i}" for i in range(n)]
         ports = [free_port() for _ in range(n)] if sinks else [0] * n
         for i in range(n):
-            cmd = ffmpeg_cmd(clip, args, ports[i], sinks.ports[i] if sinks else 0, names[i])
+            cmd = ffmpeg_cmd(clip, args, ports[i], sinks.ports[i] if sinks else 0, names[i], io == "lit")
             p = procs.start(cmd, stdout=subprocess.PIPE, stderr=errlog)
             ps.append(p)
             threading.Thread(target=reader, args=(i, p), daemon=True).start()
@@ -702,7 +710,7 @@ def run_ladder(procs: ProcessGroup, scratch: Path, clip: Path, args: argparse.Na
     (cloud) host can see CPUs 10-20% apart in speed, which would decide the ratio by itself.
     The side that goes first rotates from level to level. A side stops at its first FAIL
     unless ``--keep-going``. One gateway process serves all its levels (as in production)."""
-    sides = [s for s in ("gateway", "ffmpeg", "ffmpeg-net") if s in args.sides]
+    sides = [s for s in SIDES if s in args.sides]
     gw: Gateway | None = None
     if "gateway" in sides:
         extra = "".join(f"{line}\n" for line in args.gateway_set)
@@ -711,9 +719,9 @@ def run_ladder(procs: ProcessGroup, scratch: Path, clip: Path, args: argparse.Na
         gw.start()
         say(f"== gateway pid {gw.proc.pid if gw.proc else '?'}"
             f"{' on CPUs ' + args.gateway_cpus if args.gateway_cpus else ' (all CPUs)'}; log {gw.log}")
-    for side, io in (("ffmpeg", "file"), ("ffmpeg-net", "net")):
+    for side, io in FF_SIDES.items():
         if side in sides:
-            example = ffmpeg_cmd(clip, args, *((1935, 9000) if io == "net" else ()))
+            example = ffmpeg_cmd(clip, args, *((1935, 9000) if io == "net" else ()), literal=io == "lit")
             say(f"== FFmpeg CLI ({io}): {' '.join(example)}" + ("  (ports per transcode)" if io == "net" else ""))
     try:
         import uvloop  # the bench's viewers are cheap either way; uvloop only trims noise
@@ -742,7 +750,7 @@ def run_ladder(procs: ProcessGroup, scratch: Path, clip: Path, args: argparse.Na
                     say_gateway(grow)
                     verdict = grow.verdict
                 else:
-                    frow = ffmpeg_level(procs, clip, n, args, scratch, "net" if side == "ffmpeg-net" else "file")
+                    frow = ffmpeg_level(procs, clip, n, args, scratch, FF_SIDES[side])
                     ff_rows.append(frow)
                     say_ffmpeg(frow)
                     verdict = frow.verdict
@@ -886,13 +894,15 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
     hdr = ("N", "gateway", "v fps min", "a pkt/s min", "drops", "lat v p50/p99 ms", "lat a p50/p99 ms",
            "v wait/coding p99", "p99 from start v/a", "gw CPU%", "CPU/variant%", "RSS MB", "pubs CPU%", "other%",
            "|", "ffmpeg", "speed min", "ff CPU%", "CPU/transcode%", "other%",
-           "|", "ffmpeg-net", "speed min", "ff CPU%", "CPU/transcode%", "pubs CPU%", "other%")  # fmt: skip
+           "|", "ffmpeg-net", "speed min", "ff CPU%", "CPU/transcode%", "pubs CPU%", "other%",
+           "|", "ffmpeg-lit", "speed min", "CPU/transcode%")  # fmt: skip
     g = {r.n: r for r in gw_rows}
     f = {r.n: r for r in ff_rows if r.io == "file"}
     fn = {r.n: r for r in ff_rows if r.io == "net"}
+    fl = {r.n: r for r in ff_rows if r.io == "lit"}
     table = [hdr]
-    for n in sorted(set(g) | set(f) | set(fn)):
-        a, b, c = g.get(n), f.get(n), fn.get(n)
+    for n in sorted(set(g) | set(f) | set(fn) | set(fl)):
+        a, b, c, d = g.get(n), f.get(n), fn.get(n), fl.get(n)
         table.append((
             str(n),
             a.verdict if a else "-", fmt(a and a.v_fps_min, ".1f"), fmt(a and a.a_fps_min, ".1f"),
@@ -907,6 +917,7 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
             fmt(b and b.cpu_per_transcode, ".1f"), fmt(b and b.other_pct, ".0f"), "|",
             c.verdict if c else "-", fmt(c and c.speed_min, ".3f"), fmt(c and c.cpu_pct, ".0f"),
             fmt(c and c.cpu_per_transcode, ".1f"), fmt(c and c.pubs_pct, ".0f"), fmt(c and c.other_pct, ".0f"),
+            "|", d.verdict if d else "-", fmt(d and d.speed_min, ".3f"), fmt(d and d.cpu_per_transcode, ".1f"),
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in table) for i in range(len(hdr))]
     for i, r in enumerate(table):
@@ -934,7 +945,8 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
     print("\nsummary:")
     refs = [(io, label, [r for r in ff_rows if r.io == io]) for io, label in (
         ("file", "FFmpeg CLI, file -> /dev/null (the issue's reference)"),
-        ("net", "FFmpeg CLI, RTMP in -> TS over TCP (the gateway's I/O)"))]
+        ("net", "FFmpeg CLI, RTMP in -> TS over TCP (the gateway's I/O)"),
+        ("lit", "FFmpeg CLI, file, `ffmpeg -threads 1 -i` (the encoder at FFmpeg's default threads)"))]
     refs = [x for x in refs if x[2]]
     print(f"  max concurrent real-time variants: gateway {fmt(gm)}"
           + "".join(f"; {label} {fmt(top(rows))}" for _, label, rows in refs))
@@ -1015,9 +1027,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--publisher", choices=("rtmppub", "ffmpeg"), default="rtmppub",
                    help="gateway side's RTMP publishers: one bench/rtmppub.py process for all streams, "
                         "or one `ffmpeg -re -c copy` per stream (~1%% of a core each)")
-    p.add_argument("--sides", default="gateway,ffmpeg,ffmpeg-net",
+    p.add_argument("--sides", default=",".join(SIDES),
                    help="gateway, ffmpeg (file in, /dev/null out), ffmpeg-net (RTMP in from the same publisher, "
-                        "TS out over TCP), comma separated")
+                        "TS out over TCP), ffmpeg-lit (as ffmpeg, `-threads 1` only before -i), comma separated")
     p.add_argument("--no-audio", action="store_true", help="skip the in-process audio/video step figures")
     p.add_argument("--gateway-cpus", default=None, help="taskset CPU list for the gateway, e.g. 0 or 0,1")
     p.add_argument("--video-bitrate", type=int, default=2_000_000, help="MPEG-1 bitrate for both sides")
@@ -1041,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     per_level = args.warmup + args.duration + 5 + args.pause
-    n_sides = sum(s in args.sides for s in ("gateway", "ffmpeg", "ffmpeg-net"))
+    n_sides = sum(s in args.sides for s in SIDES)
     extra = 0 if args.no_audio else 25
     say(f"plan: levels {args.levels}, sides {args.sides}, ~{per_level:.0f}s per level; expected "
         f"~{(n_sides * per_level * min(len(args.levels), 9) + extra) / 60:.1f} min, at most "
