@@ -230,6 +230,20 @@ def test_garbage_over_a_websocket_closes_it_with_the_reason(gateway: RunningGate
     assert "live/wsjunk" not in gateway.gw.hub.streams
 
 
+def test_flv_sent_to_the_ts_ingest_is_named_in_the_refusal(gateway: RunningGateway,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The FFmpeg CLI with ``-f flv`` (say, a copied RTMP command) aimed at the TS ingest."""
+    caplog.set_level(logging.INFO)
+    subprocess.run(
+        [FFMPEG, "-hide_banner", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+         "-f", "lavfi", "-i", "anoisesrc=amplitude=0.3", "-t", "4", "-c:v", "libx264", "-c:a", "aac",
+         "-f", "flv", gateway.http_url("live/flvts.ts")],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=60)  # its exit code says nothing
+    assert ("live/flvts: bad MPEG-TS: no MPEG-TS sync in" in caplog.text
+            and "bytes; the data looks like FLV: send MPEG-TS (FFmpeg: -f mpegts)" in caplog.text), caplog.text
+    assert "live/flvts" not in gateway.gw.hub.streams
+
+
 def test_an_unsupported_codec_in_the_ts_is_named_in_the_log(gateway: RunningGateway,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     hevc = ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error"]

@@ -502,12 +502,48 @@ def test_lost_packets_drop_damaged_pes(ts_files: dict[str, Path]) -> None:
 
 
 def test_unsyncable_garbage_raises() -> None:
-    with pytest.raises(TsError):
+    with pytest.raises(TsError, match=r"^no MPEG-TS sync in \d+ bytes$"):  # nothing to name
         TsDemuxer().receive_data(bytes(100_000))
     demuxer = TsDemuxer(max_garbage=10_000)
     with pytest.raises(TsError):
         for _ in range(100):
             demuxer.receive_data(b"\x47" + bytes(999))
+
+
+NOT_TS = {  # what is sent by mistake where MPEG-TS belongs -> FFmpeg options and the name we expect
+    "flv": (["-c:v", "libx264", "-c:a", "aac", "-f", "flv"], "FLV"),
+    "mp4": (["-c:v", "libx264", "-c:a", "aac", "-f", "mp4"], "MP4 / MOV"),
+    "fmp4": (["-c:v", "libx264", "-c:a", "aac", "-f", "mp4", "-movflags", "frag_keyframe+empty_moov"],
+             "MP4 / MOV"),
+    "webm": (["-c:v", "libvpx", "-c:a", "libopus", "-f", "webm"], "Matroska / WebM"),
+    "m1v": (["-c:v", "mpeg1video", "-an", "-f", "mpeg1video"], "raw MPEG-1/2 video (-f mpeg1video"),
+    "mpg": (["-c:v", "mpeg1video", "-c:a", "mp2", "-f", "mpeg"], "MPEG program stream"),
+    "h264": (["-c:v", "libx264", "-an", "-f", "h264"], "raw H.264 / HEVC (Annex B)"),
+    "adts": (["-vn", "-c:a", "aac", "-b:a", "320k", "-f", "adts"], "raw AAC (ADTS)"),
+    "m2ts": (["-c:v", "libx264", "-c:a", "aac", "-f", "mpegts", "-mpegts_m2ts_mode", "1"],
+             "192-byte packets (M2TS / BDAV)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_TS))
+def test_a_stream_that_is_not_ts_is_refused_naming_what_it_is(name: str, tmp_path: Path) -> None:
+    """A publisher that sent FLV, MP4, a raw stream... is told what it sent, not only 'no sync'."""
+    opts, what = NOT_TS[name]
+    path = tmp_path / f"x.{name}"
+    subprocess.run(
+        [FFMPEG, "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+         "-f", "lavfi", "-i", "anoisesrc=amplitude=0.3:sample_rate=48000",
+         "-t", "4", *opts, str(path)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    data = path.read_bytes()
+    assert len(data) > 70_000
+    with pytest.raises(TsError) as e:
+        demux_all(data, chunk=4000)
+    assert str(e.value).startswith("no MPEG-TS sync in ")
+    assert f"the data looks like {what}" in str(e.value), str(e.value)
+    assert "send MPEG-TS (FFmpeg: -f mpegts)" in str(e.value)
 
 
 def test_unsupported_streams_are_listed_and_a_ts_of_only_those_is_refused(tmp_path: Path) -> None:

@@ -68,6 +68,7 @@ class TsError(ValueError):
 
 
 PACKET_SIZE: Final = 188
+_HEAD_SIZE: Final = 4096  # first bytes kept to name a stream that is not TS
 SYNC: Final = 0x47
 TIME_BASE: Final = Fraction(1, 90000)
 CLOCK: Final = 90000
@@ -843,6 +844,43 @@ def stream_type_content(stream_type: int) -> str:
     return _STREAM_TYPE_NAMES.get(stream_type) or f"stream type 0x{stream_type:02x}"
 
 
+#: Leading bytes of what is sent by mistake where MPEG-TS belongs (``-f flv``, ``-f mp4``, a
+#: file through ``curl -T``, the old jsmpeg's ``-f mpeg1video``), and what to call it.
+_NOT_TS_SIGNATURES: Final[tuple[tuple[int, bytes, str], ...]] = (
+    (0, b"FLV\x01", "FLV"),
+    (4, b"ftyp", "MP4 / MOV"), (4, b"moov", "MP4 / MOV"), (4, b"moof", "fragmented MP4"),
+    (0, b"\x1a\x45\xdf\xa3", "Matroska / WebM"),
+    (0, b"OggS", "Ogg"),
+    (0, b"RIFF", "RIFF (WAV / AVI)"),
+    (0, b"ID3", "MP3 (ID3 tag)"),
+    (0, b"\x00\x00\x01\xba", "MPEG program stream (-f mpeg / .mpg)"),
+    (0, b"\x00\x00\x01\xb3", "raw MPEG-1/2 video (-f mpeg1video, the old jsmpeg format)"),
+    (0, b"\x00\x00\x00\x01", "raw H.264 / HEVC (Annex B)"),
+    (0, b"\x00\x00\x01", "a raw elementary stream (no container)"),
+)
+
+
+def guess_not_ts(head: bytes) -> str:
+    """What the first bytes of a stream that has no TS sync look like, or ``""``.
+
+    So that the refusal tells a publisher what it sent instead ("looks like FLV"), not only
+    what it did not.
+    """
+    for at, magic, what in _NOT_TS_SIGNATURES:
+        if head[at:at + len(magic)] == magic:
+            return what
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
+        return "raw AAC (ADTS)"
+    for size, what in ((192, "192-byte packets (M2TS / BDAV)"),
+                       (204, "204-byte packets (TS with Reed-Solomon parity)")):
+        for first in range(size):  # a sync byte every ``size`` bytes, five times over
+            if len(head) < first + 4 * size + 1:
+                break
+            if all(head[first + k * size] == SYNC for k in range(5)):
+                return what
+    return ""
+
+
 def _nothing_to_take(unsupported: dict[int, tuple[int, str]]) -> str:
     found = ", ".join(f"{what} (PID {pid})" for pid, (_, what) in unsupported.items())
     return f"no stream the gateway can take: the TS carries {found}; it takes {SUPPORTED}"
@@ -891,6 +929,7 @@ class TsDemuxer:
         self._buf = b""
         self._synced = False
         self._garbage = 0
+        self._head: bytes | None = b""  # the stream's first bytes until the first sync, to name what it is
         self._pmt_pid: int | None = None
         self._sections: dict[int, _Section] = {}
         self._last_section: dict[int, bytes] = {}
@@ -906,6 +945,8 @@ class TsDemuxer:
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Feed bytes (any chunking); returns frames whose data is complete."""
         buf = self._buf + bytes(data) if self._buf else bytes(data)
+        if self._head is not None and len(self._head) < _HEAD_SIZE:
+            self._head += bytes(data[:_HEAD_SIZE - len(self._head)])
         out: list[Frame] = []
         pos = 0
         size = len(buf)
@@ -915,6 +956,7 @@ class TsDemuxer:
                 if not found:
                     break
                 self._synced = True
+                self._head = None
             if buf[pos] != SYNC:
                 self._synced = False
                 self.errors += 1
@@ -959,7 +1001,10 @@ class TsDemuxer:
     def _count_garbage(self, skipped: int) -> None:
         self._garbage += skipped
         if self._garbage > self.max_garbage:
-            raise TsError(f"no MPEG-TS sync in {self._garbage} bytes")
+            what = guess_not_ts(self._head or b"")
+            raise TsError(f"no MPEG-TS sync in {self._garbage} bytes"
+                          + (f"; the data looks like {what}: send MPEG-TS (FFmpeg: -f mpegts)"
+                             if what else ""))
 
     def _packet(self, buf: bytes, pos: int, out: list[Frame]) -> None:
         b1 = buf[pos + 1]
