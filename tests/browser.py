@@ -302,11 +302,16 @@ class Chromium:
             raise ChromiumError(f"navigation to {url} failed: {result['errorText']}")
         await asyncio.wait_for(loaded, timeout)
 
-    async def evaluate(self, expression: str, timeout: float = 30.0) -> Any:
-        """Value of a JavaScript expression (promises awaited, result returned by value)."""
+    async def evaluate(self, expression: str, timeout: float = 30.0, *, user_gesture: bool = True) -> Any:
+        """Value of a JavaScript expression (promises awaited, result returned by value).
+
+        ``user_gesture``: run it as if the user had clicked (lets it start media); ``False`` to
+        observe a page the way it is before anyone touches it.
+        """
         result = await self.send(
             "Runtime.evaluate",
-            {"expression": expression, "awaitPromise": True, "returnByValue": True, "userGesture": True},
+            {"expression": expression, "awaitPromise": True, "returnByValue": True,
+             "userGesture": user_gesture},
             timeout,
         )
         if "exceptionDetails" in result:
@@ -315,16 +320,23 @@ class Chromium:
             raise ChromiumError(f"JavaScript error: {desc}")
         return result.get("result", {}).get("value")
 
-    async def wait_for(self, expression: str, timeout: float = 15.0, interval: float = 0.1) -> Any:
+    async def wait_for(self, expression: str, timeout: float = 15.0, interval: float = 0.1, *,
+                       user_gesture: bool = True) -> Any:
         """Poll ``expression`` until it is truthy; returns its value (``TimeoutError`` otherwise)."""
         deadline = time.monotonic() + timeout
         value: Any = None
         while time.monotonic() < deadline:
-            value = await self.evaluate(expression)
+            value = await self.evaluate(expression, user_gesture=user_gesture)
             if value:
                 return value
             await asyncio.sleep(interval)
         raise TimeoutError(f"{expression!r} still {value!r} after {timeout}s; console: {self.console[-10:]}")
+
+    async def click(self, x: float, y: float) -> None:
+        """A real mouse click at viewport (x, y): a user activation, as the page sees it."""
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.send("Input.dispatchMouseEvent",
+                            {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
 
     async def screenshot(self, path: str | Path | None = None) -> bytes:
         """PNG of the viewport (written to ``path`` too when given)."""

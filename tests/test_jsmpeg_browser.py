@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from browser import Chromium, require_chromium, run
 from conftest import Publisher, RunningGateway, _start_gateway
@@ -43,6 +45,45 @@ def test_jsmpeg_player_page_shows_changing_pictures(gateway: RunningGateway, pub
             assert min(spreads) > 20, spreads  # not blank: testsrc2 is colourful
             assert len(hashes) >= 3, "picture does not change"
             assert await b.evaluate("window.player.error") in ("", None)
+
+    run(go(), timeout=90)
+
+
+IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 "
+          "(KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1")
+
+
+@pytest.mark.parametrize("device", ["desktop", "iphone"])
+def test_jsmpeg_page_turns_the_sound_on_at_the_first_click(gateway: RunningGateway, publish,
+                                                           clips, device: str) -> None:
+    """Under a browser's real autoplay policy the page's AudioContext starts suspended, and on
+    iOS JSMpeg keeps its audio output locked (it fakes playback) until ``unlock()`` runs from a
+    gesture: without the page's help an iPhone never plays the sound. The page says so, and one
+    click on it starts the sound."""
+    exe = require_chromium()
+    publish(clips["plain"], f"live/sound{device}")  # AAC -> MP2 for jsmpeg
+    args = ("--autoplay-policy=document-user-activation-required",)  # a browser's default
+    if device == "iphone":  # JSMpeg decides by the user agent (WebAudioOut.NeedsUnlocking)
+        args += (f"--user-agent={IPHONE}",)
+
+    async def go() -> None:
+        async with Chromium(exe, width=640, height=480, args=args) as b:
+            look = functools.partial(b.evaluate, user_gesture=False)  # nobody has touched the page
+            await b.open(gateway.http_url(f"live/sound{device}.html?player=jsmpeg"))
+            await b.wait_for("window.player && window.player.frames >= 10", timeout=30, user_gesture=False)
+            # pictures play, the sound is held back until the user acts, and the page says so
+            assert await look("window.player.audio") == "suspended"
+            assert await look("window.player.jsmpeg.audioOut.unlocked") == (device == "desktop")
+            assert await look("document.getElementById('status').textContent") == \
+                "playing: jsmpeg (click or tap for sound)"
+            await b.click(320, 240)
+            await b.wait_for("window.player.audio === 'running'", timeout=10, user_gesture=False)
+            assert await look("window.player.jsmpeg.audioOut.unlocked") is True
+            t0 = await look("window.player.jsmpeg.audioOut.context.currentTime")
+            await asyncio.sleep(1.0)
+            t1 = await look("window.player.jsmpeg.audioOut.context.currentTime")
+            assert t1 - t0 > 0.5, (t0, t1)  # the audio clock runs: MP2 is being played
+            assert await look("document.getElementById('status').textContent") == "playing: jsmpeg"
 
     run(go(), timeout=90)
 
