@@ -929,7 +929,7 @@ class TsDemuxer:
         self._buf = b""
         self._synced = False
         self._garbage = 0
-        self._head: bytes | None = b""  # the stream's first bytes until the first sync, to name what it is
+        self._head: bytes | None = b""  # first bytes until the first sync: to name a non-TS
         self._pmt_pid: int | None = None
         self._sections: dict[int, _Section] = {}
         self._last_section: dict[int, bytes] = {}
