@@ -77,6 +77,45 @@ def test_rtmp_to_jsmpeg_websocket(gateway: RunningGateway, publish, clips) -> No
     assert abs(v1 - a1) < 0.15, (v1, a1)
 
 
+def test_a_corrupted_h264_source_is_named_in_its_errors_and_spares_the_others(
+        gateway: RunningGateway, publish, clips, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A publisher whose H.264 arrives damaged (FFmpeg's noise bitstream filter: about one byte in
+    300 changed) next to a clean one, both watched with jsmpeg: the damaged variant keeps
+    coding, its decode errors are logged rate-limited and name its stream, the clean one
+    decodes without an error."""
+    caplog.set_level(logging.INFO)
+    bad = tmp_path / "bad.flv"
+    subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(clips["plain"]), "-c", "copy",
+                    "-bsf:v", "noise=amount=300", "-f", "flv", str(bad)], check=True, timeout=60)
+    publish(clips["plain"], "live/clean")
+    publish(bad, "live/damaged")
+
+    async def both() -> list[bytes]:
+        return list(await asyncio.gather(ws_collect(gateway.ws_url("live/clean.jsmpeg"), 6.0),
+                                         ws_collect(gateway.ws_url("live/damaged.jsmpeg"), 6.0)))
+
+    clean, damaged = asyncio.run(both())
+    assert _decode_errors(clean) == 0
+    assert len(_decode_ts(clean)["video"]) >= 150
+    assert len(_decode_ts(damaged)["video"]) >= 100  # MPEG-1 from what could be decoded
+    lines = [r.getMessage() for r in caplog.records if "h264 decode error" in r.getMessage()
+             or "malformed h264" in r.getMessage()]
+    assert lines, "the damage was never noticed"
+    assert all(m.startswith("live/damaged~h5 h264->mpeg1video: ") for m in lines), lines
+    assert all("errors so far; frame skipped" in m for m in lines), lines
+
+
+def _decode_errors(data: bytes) -> int:
+    errors = 0
+    with av.open(io.BytesIO(data), format="mpegts") as c:
+        for packet in c.demux(video=0):
+            try:
+                packet.decode()
+            except av.error.FFmpegError:
+                errors += 1
+    return errors
+
+
 def test_jsmpeg_viewers_share_one_transcoder_and_it_stops(gateway: RunningGateway, publish,
                                                            clips) -> None:
     publish(clips["plain"], "live/cam")

@@ -282,7 +282,8 @@ class AudioTranscoder(CodecStep):
                     self.dropped += 1  # (mostly) already covered: a duplicate or an overlap
                     return
                 elif abs(delta) > max_fill:
-                    log.info("audio timestamps jumped by %.3f s; re-anchoring", delta / unit)
+                    log.info("%saudio timestamps jumped by %.3f s; re-anchoring", self._who,
+                             delta / unit)
                     self._anchor(t)
         self._feed(af, duration)
 
@@ -387,8 +388,8 @@ class AudioTranscoder(CodecStep):
             if self._first_packet:
                 self._first_packet = False
                 if p != -self._expected_delay:
-                    log.debug("%s encoder delay is %d, not %d: output off by %d samples",
-                              self._enc.name, -p, self._expected_delay, p + self._expected_delay)
+                    log.debug("%s%s encoder delay is %d, not %d: output off by %d samples",
+                              self._who, self._enc.name, -p, self._expected_delay, p + self._expected_delay)
             if p + (packet.duration or self._frame_size) <= self._pad:
                 continue  # priming and padding only
             r = p - self._pad

@@ -55,7 +55,7 @@ from typing import Any
 from .. import planner
 from ..cpus import usable_cpus
 from ..media import Frame, Track
-from .step import COUNTERS, Admission, Admitted, Timings
+from .step import COUNTERS, Admission, Admitted, Timings, named
 
 __all__ = ["Pool", "PoolStep", "default_processes", "get_pool", "shutdown"]
 
@@ -448,7 +448,7 @@ def _child_handle(kind: int, sid: int, buf: bytes, start: int, end: int,
     if kind == OPEN:
         transcode, source, name = pickle.loads(buf[start + 1:end])  # after the kind byte
         try:
-            step = make_step(transcode, source)
+            step = named(make_step(transcode, source), name)
         except Exception as e:  # noqa: BLE001 - reported to the parent, which fails the track
             text = f"{type(e).__name__}: {e}".encode()
             return [_header(ERROR, sid, len(text)) + text]

@@ -252,6 +252,13 @@ class CodecStep:
     _enc: Any = None
     errors = 0
     log = logging.getLogger(__name__)
+    #: whose step this is (``live/cam~h5 h264->mpeg1video``), set by its owner (``named``): an
+    #: operator must see which stream a decode error belongs to
+    label = ""
+
+    @property
+    def _who(self) -> str:
+        return f"{self.label}: " if self.label else ""
 
     def _decode_packet(self, packet: av.Packet | None) -> list[Any]:
         """Decode one packet (None drains); no decoder yet, or an error: nothing."""
@@ -278,4 +285,12 @@ class CodecStep:
         """Count and log, rate-limited: a broken source must not flood the log."""
         self.errors += 1
         if self.errors <= 5 or self.errors % 100 == 0:
-            self.log.warning(msg + " (%d errors so far; frame skipped)", *args, self.errors)
+            self.log.warning("%s" + msg + " (%d errors so far; frame skipped)", self._who, *args,
+                             self.errors)
+
+
+def named(step: Step, name: str) -> Step:
+    """``step`` with its owner's name for its log lines (a step other than a PyAV one is left as is)."""
+    if isinstance(step, CodecStep):
+        step.label = name
+    return step

@@ -28,7 +28,7 @@ from .. import planner
 from ..hub.stream import Stream
 from ..media import Frame, StreamInfo, Track
 from . import pool
-from .step import Admission, Admitted, Step, Timings
+from .step import Admission, Admitted, Step, Timings, named
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Worker(Admitted):
     def _run(self) -> None:
         step: Step | None = None
         try:
-            step = self._factory(self.transcode, self.source)
+            step = named(self._factory(self.transcode, self.source), self.name)
             while True:
                 item = self._q.get()
                 if item is None:
