@@ -82,7 +82,7 @@ def test_a_corrupted_h264_source_is_named_in_its_errors_and_spares_the_others(
     """A publisher whose H.264 arrives damaged (FFmpeg's noise bitstream filter: about one byte in
     300 changed) next to a clean one, both watched with jsmpeg: the damaged variant keeps
     coding, its decode errors are logged rate-limited and name its stream, the clean one
-    decodes without an error."""
+    decodes without an error. ``/api/streams`` counts the errors per variant."""
     caplog.set_level(logging.INFO)
     bad = tmp_path / "bad.flv"
     subprocess.run([FFMPEG, "-v", "error", "-y", "-i", str(clips["plain"]), "-c", "copy",
@@ -90,11 +90,21 @@ def test_a_corrupted_h264_source_is_named_in_its_errors_and_spares_the_others(
     publish(clips["plain"], "live/clean")
     publish(bad, "live/damaged")
 
-    async def both() -> list[bytes]:
-        return list(await asyncio.gather(ws_collect(gateway.ws_url("live/clean.jsmpeg"), 6.0),
-                                         ws_collect(gateway.ws_url("live/damaged.jsmpeg"), 6.0)))
+    async def both() -> tuple[list[bytes], dict[str, int]]:
+        views = await asyncio.gather(ws_collect(gateway.ws_url("live/clean.jsmpeg"), 6.0),
+                                     ws_collect(gateway.ws_url("live/damaged.jsmpeg"), 6.0),
+                                     api_errors())
+        return list(views[:2]), views[2]
 
-    clean, damaged = asyncio.run(both())
+    async def api_errors() -> dict[str, int]:  # while the variants run: the operator's view
+        await asyncio.sleep(5.0)
+        async with aiohttp.ClientSession() as s, s.get(gateway.http_url("api/streams")) as r:
+            streams = (await r.json())["streams"]
+        return {s["key"]: sum(v["stats"]["video"]["errors"] for k, v in s["outputs"].items()
+                              if k.startswith("variant")) for s in streams}
+
+    (clean, damaged), errors = asyncio.run(both())
+    assert errors["live/clean"] == 0 and errors["live/damaged"] > 0, errors
     assert _decode_errors(clean) == 0
     assert len(_decode_ts(clean)["video"]) >= 150
     assert len(_decode_ts(damaged)["video"]) >= 100  # MPEG-1 from what could be decoded

@@ -69,7 +69,7 @@ _HDR = struct.Struct("<IBI")
 _FRAME = struct.Struct("<IqqqqB")  # track id, pts, dts, time base num/den, keyframe; then data
 _FRAME_MSG = struct.Struct("<IBIIqqqqB")  # header + _FRAME in one pack, on the parent's hot path
 _OUT = struct.Struct("<IqqqqBI")  # same plus the data length (several frames per result)
-_RESULT_HEAD = struct.Struct("<HII")  # frames, then us waiting in the process and coding
+_RESULT_HEAD = struct.Struct("<HIII")  # frames, us waiting in the process and coding, codec errors
 _TRACK_ID = struct.Struct("<I")
 _COUNTERS = struct.Struct("<qqqq")
 _AUDIO, _OTHER = b"a"[0], b"-"[0]  # first byte of an open message: the step's kind
@@ -474,7 +474,8 @@ def _us(seconds: float) -> int:
 def _result(sid: int, st: _ChildStep, frames: list[Frame], wait_us: int,
             coding_us: int) -> list[bytes]:
     parts: list[bytes] = []
-    body = [_RESULT_HEAD.pack(len(frames), wait_us, coding_us)]
+    errors = min(0xFFFFFFFF, getattr(st.step, "errors", 0))  # the step's count so far
+    body = [_RESULT_HEAD.pack(len(frames), wait_us, coding_us, errors)]
     for f in frames:
         entry = st.out_ids.get(id(f.track))
         if entry is None or entry[1] is not f.track:
@@ -748,7 +749,7 @@ class _Child:
             step = self.steps.get(sid)
             if step is None:
                 return
-            count, wait_us, coding_us = _RESULT_HEAD.unpack_from(buf, start)
+            count, wait_us, coding_us, step.errors = _RESULT_HEAD.unpack_from(buf, start)
             o = start + _RESULT_HEAD.size
             frames: list[Frame] = []
             for _ in range(count):

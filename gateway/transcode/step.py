@@ -145,6 +145,7 @@ class Admitted:
     and the stats read), for thread and process workers alike."""
 
     _admission: Admission
+    errors = 0  # frames the step's codecs rejected (``CodecStep.errors``), as last reported
 
     @property
     def dropped(self) -> int:

@@ -97,6 +97,7 @@ class TrackWorker(Protocol):
     dropped: int
     skipped: int
     shed: int
+    errors: int
     timings: Timings
 
     def submit(self, frame: Frame, replay: bool = False) -> None:
@@ -170,6 +171,7 @@ class Worker(Admitted):
                 except Exception:
                     log.exception("%s: transcode step failed on a frame; skipped", self.name)
                     continue
+                self.errors = getattr(step, "errors", 0)
                 done = time.perf_counter()
                 self._admission.warm = True  # a flag, read by the loop's thread: no lock needed
                 self.timings.add((done - arrived) * 1000, (began - arrived) * 1000,
@@ -366,7 +368,8 @@ class Variant(Stream):
     def stats(self) -> dict[str, object]:
         """Per transcoded track: frames in/out/dropped (and ``skipped``: video frames discarded
         after a drop until the next keyframe; ``shed``: non-reference frames not coded while
-        the queue was long; ``restarts``: steps restarted after their process died),
+        the queue was long; ``errors``: frames the codecs rejected, a damaged source, since the
+        step (re)started; ``restarts``: steps restarted after their process died),
         arrival->ready latency p50/p99 (ms) of
         the recent frames and how much of it was waiting for the worker and coding, and the
         cumulative histograms of each (diff two snapshots for a window)."""
@@ -374,7 +377,7 @@ class Variant(Stream):
         for kind, w in self.workers.items():
             out[kind] = {"step": f"{w.transcode.from_codec}->{w.transcode.to_codec}",
                          "in": w.frames_in, "out": w.frames_out, "dropped": w.dropped,
-                         "skipped": w.skipped, "shed": w.shed,
+                         "skipped": w.skipped, "shed": w.shed, "errors": w.errors,
                          "restarts": self.restarts.get(kind, 0),
                          **w.timings.stats()}
         return out
