@@ -126,6 +126,29 @@ def _decode_errors(data: bytes) -> int:
     return errors
 
 
+def test_a_viewer_joining_late_in_a_long_gop_starts_at_the_live_picture(
+        gateway: RunningGateway, publish, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """OBS's default keyframe interval is ~8 s. A jsmpeg viewer that comes 6 s into such a GOP
+    starts the variant on a 6 s GOP cache: it gets the live picture at once and then real time,
+    not 6 s of old pictures in a burst, a freeze where they overflowed the queue, and a
+    'cannot keep up' warning."""
+    caplog.set_level(logging.INFO)
+    clip = tmp_path / "longgop.flv"
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+         "-f", "lavfi", "-i", "sine", "-t", "10", "-c:v", "libx264", "-preset", "veryfast",
+         "-bf", "2", "-g", "240", "-keyint_min", "240", "-sc_threshold", "0", "-c:a", "aac",
+         "-f", "flv", str(clip)], check=True, timeout=60)
+    publish(clip, "live/longgop")
+    time.sleep(6.0)
+    data = asyncio.run(ws_collect(gateway.ws_url("live/longgop.jsmpeg"), 3.0))
+    video = _decode_ts(data)["video"]
+    span = video[-1].time - video[0].time
+    assert len(video) >= 75, len(video)  # ~30 fps from the start: no freeze
+    assert span < 3.3, span  # real time, not a burst of the GOP's old pictures first
+    assert "cannot keep up" not in caplog.text and "behind" not in caplog.text, caplog.text
+
+
 def test_jsmpeg_viewers_share_one_transcoder_and_it_stops(gateway: RunningGateway, publish,
                                                            clips) -> None:
     publish(clips["plain"], "live/cam")

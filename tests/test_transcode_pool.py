@@ -27,7 +27,7 @@ from gateway.hub.stream import Stream
 from gateway.media import Frame, StreamInfo, Track
 from gateway.transcode import pool as pool_mod
 from gateway.transcode import variant as variant_mod
-from gateway.transcode.step import COUNTERS
+from gateway.transcode.step import COUNTERS, needed_for_decoding
 
 SEQ = b"\x00\x00\x01\xb3"
 
@@ -533,11 +533,17 @@ def test_audio_overtakes_queued_video_of_other_steps(media) -> None:
     _run(main)
 
 
-def test_variant_starting_on_a_backlog_keeps_audio_from_the_keyframe(media) -> None:
-    """Audio coded ahead of the video backlog is held until the first video keyframe, then
-    released from that keyframe's time on: a viewer's first second is not silent."""
+@pytest.mark.parametrize("workers", ["processes", "threads"])
+def test_variant_starting_on_a_backlog_starts_at_its_newest_picture_with_audio(
+        media, workers: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variant that starts on a GOP in the cache only decodes the GOP up to its newest frames
+    (the H.264 frames no other frame references not even that): its first picture is a keyframe
+    of about the newest source picture, not the GOP's first one, and audio is released from
+    that keyframe's time on: a viewer's first second is not silent."""
     vt, vframes = media["video"]
     at, aframes = media["audio"]
+    if workers == "threads":
+        monkeypatch.setattr(variant_mod, "_processes", 0)  # transcode_processes = 0
 
     async def main() -> None:
         source = Stream("live/backlog", StreamInfo("rtmp"), "test")
@@ -550,14 +556,27 @@ def test_variant_starting_on_a_backlog_keeps_audio_from_the_keyframe(media) -> N
         key = ("variant", plan.variant_key())
         var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key))
         viewer = var.sink("viewer", lambda s: _Collect())
-        backlog = sum(f.track.kind == "video" for f in source.gop)
-        assert backlog >= 10 and source.gop[0].keyframe
-        # all but the few pictures the H.264 decoder holds back to reorder B-frames
-        await _until(lambda: var.stats()["video"]["out"] >= backlog - 4)  # type: ignore[index]
+        assert isinstance(var.workers["video"], variant_mod.Worker) == (workers == "threads")
+        gop_video = [f for f in source.gop if f.track.kind == "video"]
+        assert len(gop_video) >= 10 and source.gop[0].keyframe and vt.has_b_frames
+        decoded0, encoded0 = COUNTERS.frames_decoded, COUNTERS.frames_encoded
+        await _until(lambda: var.stats()["video"]["out"] >= 1)  # type: ignore[index]
         await asyncio.sleep(0.3)
         got = viewer.frames
         assert got[0].track.kind == "video" and got[0].keyframe
         start = got[0].pts * got[0].time_base
+        newest = max(f.pts * f.time_base for f in gop_video)
+        # not the GOP's first picture (1.5 s older): the coded tail and the reorder delay apart
+        assert newest - start < 0.3, (float(start), float(newest))
+        # (the counters are the codec processes' own, reported with their results)
+        assert var.stats()["video"]["out"] <= variant_mod.CODED_TAIL_B  # type: ignore[index]
+        tail = variant_mod.CODED_TAIL_B
+        needed = sum(needed_for_decoding(f) for f in gop_video[:-tail]) + tail
+        assert needed < len(gop_video)  # the non-reference B-frames are not even decoded
+        audio_in = var.stats()["audio"]["in"]  # type: ignore[index]  # one AAC frame a packet
+        # video pictures out of the decoder (its reorder delay holds back a few)
+        decoded = COUNTERS.frames_decoded - decoded0 - audio_in
+        assert needed - tail <= decoded <= needed, (decoded, needed, len(gop_video))
         audio = [f for f in got if f.track.kind == "audio"]
         assert audio, "no audio reached the viewer"
         assert all(f.pts * f.time_base >= start for f in audio)
@@ -588,8 +607,9 @@ def test_a_variant_starting_on_a_full_gop_drops_no_live_frame(media, monkeypatch
         for f in vframes[30:70]:  # no await: nothing can be coded meanwhile
             source.push(f)
         w = var.workers["video"]
-        assert (w.frames_in, w.dropped, w.skipped) == (70, 0, 0)
-        await _until(lambda: var.stats()["video"]["out"] >= 70 - 4)  # type: ignore[index]
+        coded = variant_mod.CODED_TAIL_B + 40  # the GOP's newest frames, then the live ones
+        assert (w.frames_in, w.dropped, w.skipped) == (coded, 0, 0)  # (the rest only decoded)
+        await _until(lambda: var.stats()["video"]["out"] >= coded - 4)  # type: ignore[index]
         assert viewer.frames[0].keyframe
         var.drop_sink("viewer")
 

@@ -55,7 +55,7 @@ from typing import Any
 from .. import planner
 from ..cpus import usable_cpus
 from ..media import Frame, Track
-from .step import COUNTERS, Admission, Admitted, Timings, named
+from .step import COUNTERS, Admission, Admitted, Timings, catch_up, named
 
 __all__ = ["Pool", "PoolStep", "default_processes", "get_pool", "shutdown"]
 
@@ -66,7 +66,8 @@ Deliver = Callable[[list[Frame]], None]
 # -- wire format ----------------------------------------------------------------------------
 # Every message: u32 length of what follows, u8 type, u32 step id, payload.
 _HDR = struct.Struct("<IBI")
-_FRAME = struct.Struct("<IqqqqB")  # track id, pts, dts, time base num/den, keyframe; then data
+_FRAME = struct.Struct("<IqqqqB")  # track id, pts, dts, time base num/den, flags; then data
+_KEY, _CATCH_UP = 1, 2  # frame flags: keyframe; decode only, no result (``step.catch_up``)
 _FRAME_MSG = struct.Struct("<IBIIqqqqB")  # header + _FRAME in one pack, on the parent's hot path
 _OUT = struct.Struct("<IqqqqBI")  # same plus the data length (several frames per result)
 _RESULT_HEAD = struct.Struct("<HIII")  # frames, us waiting in the process and coding, codec errors
@@ -426,10 +427,18 @@ def _child_handle(kind: int, sid: int, buf: bytes, start: int, end: int,
         st = steps.get(sid)
         if st is None:
             return []  # the step failed to open; the parent already knows
-        tid, pts, dts, num, den, key = _FRAME.unpack_from(buf, start)
+        tid, pts, dts, num, den, flags = _FRAME.unpack_from(buf, start)
         if (num, den) != st.tb_key:
             st.tb_key, st.tb = (num, den), Fraction(num, den)
-        frame = Frame(st.tracks[tid], buf[start + _FRAME.size:end], pts, dts, st.tb, bool(key))
+        frame = Frame(st.tracks[tid], buf[start + _FRAME.size:end], pts, dts, st.tb,
+                      bool(flags & _KEY))
+        if flags & _CATCH_UP:  # not in flight for the parent: no result
+            try:
+                catch_up(st.step, frame)
+            except Exception:
+                logging.getLogger(__name__).exception(
+                    "%s: transcode step failed on a frame; skipped", st.name)
+            return []
         began = time.perf_counter()
         try:
             frames = st.step.process(frame)
@@ -545,6 +554,15 @@ class PoolStep(Admitted):
         self._arrivals.append(time.perf_counter())
         self.frames_in += 1
         self._child.send_frame(self, frame)
+
+    def catch_up(self, frames: list[Frame]) -> None:
+        """Frames from a keyframe on that the step only decodes (``step.catch_up``): cheap, not
+        in flight, no result; the next frames continue their GOP."""
+        if self._stopped or self.failed is not None or not frames:
+            return
+        self._admission.caught_up(frames[0])
+        for f in frames:
+            self._child.send_frame(self, f, _CATCH_UP)
 
     def stop(self) -> None:
         if self._stopped:
@@ -702,7 +720,7 @@ class _Child:
             (step.transcode, step.source, step.name), protocol=5)
         self._send([_header(OPEN, step.step_id, len(payload)), payload])
 
-    def send_frame(self, step: PoolStep, frame: Frame) -> None:
+    def send_frame(self, step: PoolStep, frame: Frame, flags: int = 0) -> None:
         tid, new = step._track_id(frame.track)
         parts: list[bytes] = []
         if new:
@@ -712,7 +730,7 @@ class _Child:
         data = frame.data
         parts.append(_FRAME_MSG.pack(len(data) + _FRAME.size + 5, FRAME, step.step_id, tid,
                                      frame.pts, frame.dts, tb.numerator, tb.denominator,
-                                     frame.keyframe))
+                                     frame.keyframe | flags))
         parts.append(data)
         self._send(parts)
 

@@ -32,6 +32,38 @@ class Step(Protocol):
     def close(self) -> None:
         """Free codec contexts; the step is not used afterwards."""
 
+    # optional: ``catch_up(frame) -> None``, decode only (see ``catch_up`` below)
+
+
+def catch_up(step: Step, frame: Frame) -> None:
+    """Feed ``frame`` to bring the step's decoder up to date, without coding output for it.
+
+    A variant that starts in the middle of a long GOP (OBS's default keyframe interval is ~8 s)
+    must decode from the GOP's keyframe, but its viewers want the newest picture, not the whole
+    GOP re-encoded, sent in a burst and then a wait for the next keyframe. A step that cannot
+    only decode codes the frame and its output is discarded."""
+    only_decode = getattr(step, "catch_up", None)
+    if only_decode is not None:
+        only_decode(frame)
+    else:
+        step.process(frame)
+
+
+def needed_for_decoding(frame: Frame, nal_length_size: int = 0) -> bool:
+    """False for an H.264 frame that no other frame references (every slice ``nal_ref_idc``
+    0, e.g. a non-reference B-frame): a decoder may skip it and decode the rest unchanged.
+    ``nal_length_size``: the track's, if the caller knows it."""
+    track = frame.track
+    if track.codec != "h264" or frame.keyframe:
+        return True
+    try:
+        if not nal_length_size:
+            nal_length_size = h264.parse_avc_config(track.config).nal_length_size if (
+                track.config) else 4
+        return not h264.is_disposable(frame.data, nal_length_size)
+    except h264.H264Error:
+        return True
+
 
 @dataclass
 class Counters:
@@ -90,6 +122,12 @@ class Admission:
         self.replayed = 0  # admitted as a start-up replay; they are the oldest in the queue
         self._nal_sizes: tuple[Track | None, int] = (None, 4)  # track -> its AVCC length size
 
+    def caught_up(self, first: Frame) -> None:
+        """Frames from the keyframe ``first`` on went to the step to catch up (``catch_up``):
+        the frames after them continue its GOP."""
+        if first.keyframe:
+            self.need_key = False
+
     def admit(self, frame: Frame, queued: int, replay: bool = False) -> bool:
         """Whether ``frame`` goes in, with ``queued`` frames admitted and not coded yet."""
         if self._admit(frame, queued, replay):
@@ -131,13 +169,13 @@ class Admission:
         if track.codec != "h264" or frame.keyframe:
             return False
         cached, size = self._nal_sizes
-        try:
-            if track is not cached:
+        if track is not cached:
+            try:
                 size = h264.parse_avc_config(track.config).nal_length_size if track.config else 4
-                self._nal_sizes = (track, size)
-            return h264.is_disposable(frame.data, size)
-        except h264.H264Error:
-            return False
+            except h264.H264Error:
+                return False
+            self._nal_sizes = (track, size)
+        return not needed_for_decoding(frame, size)
 
 
 class Admitted:

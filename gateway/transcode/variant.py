@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 import weakref
+from fractions import Fraction
 from collections.abc import Callable
 from typing import Protocol
 
@@ -28,7 +29,7 @@ from .. import planner
 from ..hub.stream import Stream
 from ..media import Frame, StreamInfo, Track
 from . import pool
-from .step import Admission, Admitted, Step, Timings, named
+from .step import Admission, Admitted, Step, Timings, catch_up, named, needed_for_decoding
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ StepFactory = Callable[[planner.Transcode, Track], Step]
 
 HOLD_AUDIO_FRAMES = 500  # ~10 s of audio held while the first video keyframe is coded
 QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step is behind
+#: audio coded from this far (s) before a starting variant's first video frame (``_catch_up``);
+#: older audio would be dropped at once by the variant's start in sync
+AUDIO_BEFORE_VIDEO = Fraction(1, 2)
+CODED_TAIL_B = 4  # newest video frames of the GOP coded when the source has B-frames
 SHED_FRAMES = {"video": 30}  # ~1 s queued: shed non-reference frames (see Admission)
 #: A step whose process died while coding it is restarted at most this often per
 #: ``RESTART_WINDOW`` seconds; beyond that the variant ends (its viewers are told why and may
@@ -103,6 +108,9 @@ class TrackWorker(Protocol):
     def submit(self, frame: Frame, replay: bool = False) -> None:
         """Queue ``frame`` (``replay``: from the source's GOP cache, as the variant starts)."""
 
+    def catch_up(self, frames: list[Frame]) -> None:
+        """Frames from a keyframe on, only to be decoded (see ``step.catch_up``)."""
+
     def stop(self) -> None: ...
 
     def join(self, timeout: float = 5.0) -> None: ...
@@ -128,7 +136,8 @@ class Worker(Admitted):
         self._loop = loop
         limit = QUEUE_FRAMES.get(t.kind, 100)
         # a start-up replay of up to ``limit`` frames comes on top of the live bound
-        self._q: queue.Queue[tuple[Frame, float] | None] = queue.Queue(2 * limit)
+        # a frame and its arrival; a list: frames to catch up on; None: stop
+        self._q: queue.Queue[tuple[Frame, float] | list[Frame] | None] = queue.Queue(2 * limit)
         self._admission = Admission(name, t.kind, limit, log, SHED_FRAMES.get(t.kind))
         self.frames_in = 0
         self.frames_out = 0
@@ -141,6 +150,11 @@ class Worker(Admitted):
         if self._admission.admit(frame, self._q.qsize(), replay):
             self._q.put_nowait((frame, time.perf_counter()))
             self.frames_in += 1
+
+    def catch_up(self, frames: list[Frame]) -> None:
+        if frames:
+            self._admission.caught_up(frames[0])
+            self._q.put_nowait(frames)  # one slot, at the start: it fits
 
     def stop(self) -> None:
         try:
@@ -164,6 +178,10 @@ class Worker(Admitted):
                 item = self._q.get()
                 if item is None:
                     break
+                if isinstance(item, list):
+                    for f in item:
+                        catch_up(step, f)
+                    continue
                 frame, arrived = item
                 began = time.perf_counter()
                 try:
@@ -221,11 +239,31 @@ class Variant(Stream):
         # otherwise be lost to every viewer; bounded, oldest dropped
         self._held: collections.deque[Frame] | None = (
             collections.deque(maxlen=HOLD_AUDIO_FRAMES) if "video" in self.workers else None)
-        for frame in source.gop:
+        for frame in self._catch_up(source.gop):
             self._in(frame, replay=True)
         if self.workers.get("video") is not None and not source.gop:
             source.request_keyframe()  # the video decoder can only start at one
         log.info("%s: variant started: %s", source.key, plan)
+
+    def _catch_up(self, gop: list[Frame]) -> list[Frame]:
+        """Start the video step at the newest frame of the source's GOP cache: the frames before
+        it are only decoded (those no frame references not even that), and audio older than it
+        is not coded, since the variant starts its viewers at its first video keyframe. So a
+        viewer gets the current picture at once, not the GOP (up to ~8 s with OBS's default
+        keyframe interval) re-encoded in a burst, then a freeze where it overflowed the queue.
+        Returns the frames still to submit."""
+        worker = self.workers.get("video")
+        video = [i for i, f in enumerate(gop) if f.track.kind == "video"]
+        # coded: the newest frame, or the newest few where B-frames make the decoder hold
+        # pictures back to reorder them (it would output nothing for the newest one alone)
+        tail = CODED_TAIL_B if video and gop[video[-1]].track.has_b_frames else 1
+        at = video[-tail] if len(video) > tail else 0
+        if worker is None or at == 0:
+            return gop
+        start = gop[at].dts * gop[at].time_base - AUDIO_BEFORE_VIDEO
+        worker.catch_up([f for f in gop[:at] if f.track.kind == "video" and needed_for_decoding(f)])
+        return [f for i, f in enumerate(gop) if i >= at
+                or (f.track.kind != "video" and f.dts * f.time_base >= start)]
 
     def request_keyframe(self) -> bool:
         return self.source.request_keyframe()

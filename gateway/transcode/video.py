@@ -144,6 +144,14 @@ class VideoTranscoder(CodecStep):
 
     def process(self, frame: Frame) -> list[Frame]:
         """Decode ``frame``; return the encoded frames that became ready."""
+        return self._process(frame, encode=True)
+
+    def catch_up(self, frame: Frame) -> None:
+        """Decode ``frame`` and drop the pictures: what a new variant's decoder needs of the
+        GOP before the picture its viewers start at (``step.catch_up``)."""
+        self._process(frame, encode=False)
+
+    def _process(self, frame: Frame, encode: bool) -> list[Frame]:
         out: list[Frame] = []
         track = frame.track
         if self._dec is not None and self._config_changed(track):
@@ -187,7 +195,9 @@ class VideoTranscoder(CodecStep):
         packet.time_base = tb
         if frame.keyframe:
             packet.is_keyframe = True
-        out += self._encode_all(self._decode_packet(packet))
+        pictures = self._decode_packet(packet)
+        if encode:
+            out += self._encode_all(pictures)
         return out
 
     def flush(self) -> list[Frame]:
