@@ -586,6 +586,39 @@ def test_variant_starting_on_a_backlog_starts_at_its_newest_picture_with_audio(
     _run(main)
 
 
+def test_a_gop_too_long_to_catch_up_on_waits_for_the_next_keyframe(
+        media, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Catching up is bounded: a camera's 60 s GOP would hold up every variant sharing the codec
+    process while it is decoded, so the variant starts at the source's next keyframe instead."""
+    vt, vframes = media["video"]
+    at, _ = media["audio"]
+    monkeypatch.setattr(variant_mod, "CATCH_UP_MAX", 5)
+    keys = [i for i, f in enumerate(vframes) if f.keyframe]
+    assert keys[:2] == [0, 30]
+
+    async def main() -> None:
+        source = Stream("live/camera", StreamInfo("rtmp"), "test")
+        source.set_track(vt)
+        source.set_track(at)
+        for f in vframes[:25]:
+            source.push(f)
+        plan = _plan(media)
+        key = ("variant", plan.variant_key())
+        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key))
+        viewer = var.sink("viewer", lambda s: _Collect())
+        for f in vframes[25:50]:
+            source.push(f)
+        await _until(lambda: var.stats()["video"]["out"] >= 10)  # type: ignore[index]
+        assert var.workers["video"].frames_in == 50 - 30  # from the next keyframe on
+        first = viewer.frames[0]
+        assert first.keyframe and first.pts * first.time_base == vframes[30].pts * vframes[30].time_base
+        var.drop_sink("viewer")
+
+    with caplog.at_level(logging.INFO):
+        _run(main)
+    assert "live/camera~h5: the source's GOP is too long to catch up on (14 frames)" in caplog.text
+
+
 def test_a_variant_starting_on_a_full_gop_drops_no_live_frame(media, monkeypatch) -> None:
     """The GOP cache replayed at a variant's start, then live frames before the worker coded
     anything (its process may still be starting): none is dropped, so the first viewer's video

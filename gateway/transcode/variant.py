@@ -41,6 +41,9 @@ QUEUE_FRAMES = {"video": 60, "audio": 200}  # ~2 s of input; beyond it the step 
 #: older audio would be dropped at once by the variant's start in sync
 AUDIO_BEFORE_VIDEO = Fraction(1, 2)
 CODED_TAIL_B = 4  # newest video frames of the GOP coded when the source has B-frames
+#: At most this many 720p frames (fewer of larger ones) decoded to catch up (~0.4 s of a core):
+#: a longer GOP (a camera's 60 s) waits for the next keyframe instead, as without a GOP cache
+CATCH_UP_MAX = 300
 SHED_FRAMES = {"video": 30}  # ~1 s queued: shed non-reference frames (see Admission)
 #: A step whose process died while coding it is restarted at most this often per
 #: ``RESTART_WINDOW`` seconds; beyond that the variant ends (its viewers are told why and may
@@ -261,7 +264,15 @@ class Variant(Stream):
         if worker is None or at == 0:
             return gop
         start = gop[at].dts * gop[at].time_base - AUDIO_BEFORE_VIDEO
-        worker.catch_up([f for f in gop[:at] if f.track.kind == "video" and needed_for_decoding(f)])
+        decode = [f for f in gop[:at] if f.track.kind == "video" and needed_for_decoding(f)]
+        track = gop[at].track
+        if len(decode) * max(1.0, track.width * track.height / 921_600) > CATCH_UP_MAX:
+            # bounded: decoding it would hold up every variant that shares the codec process
+            log.info("%s: the source's GOP is too long to catch up on (%d frames); video starts "
+                     "at its next keyframe", self.key, len(decode))
+            self.source.request_keyframe()
+            return []
+        worker.catch_up(decode)
         return [f for i, f in enumerate(gop) if i >= at
                 or (f.track.kind != "video" and f.dts * f.time_base >= start)]
 
