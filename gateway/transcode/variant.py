@@ -21,8 +21,8 @@ import queue
 import threading
 import time
 import weakref
-from fractions import Fraction
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Protocol
 
 from .. import planner
