@@ -7,6 +7,7 @@ import functools
 import hashlib
 import io
 import os
+import subprocess
 from pathlib import Path
 
 import av
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from browser import Chromium, require_chromium, run
-from conftest import Publisher, RunningGateway, _start_gateway
+from conftest import FFMPEG, Publisher, RunningGateway, _start_gateway
 from gateway.config import Config
 from gateway.transcode import variant as variant_mod
 
@@ -86,6 +87,34 @@ def test_jsmpeg_page_turns_the_sound_on_at_the_first_click(gateway: RunningGatew
             assert await look("document.getElementById('status').textContent") == "playing: jsmpeg"
 
     run(go(), timeout=90)
+
+
+def test_jsmpeg_page_plays_an_audio_only_stream(gateway: RunningGateway, tmp_path: Path) -> None:
+    """A radio-like RTMP stream (AAC only, MP2 for jsmpeg): the page plays it and says so; it
+    used to say 'connecting' from 2 s on, since no picture ever came."""
+    exe = require_chromium()
+    clip = tmp_path / "radio.flv"
+    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-f", "lavfi", "-i", "sine", "-t", "6",
+                    "-c:a", "aac", "-f", "flv", str(clip)], check=True, timeout=60)
+    pub = Publisher(clip, gateway.rtmp_url("live/radio"))
+    try:
+        gateway.wait_stream("live/radio", video=False, tracks=1)
+
+        async def go() -> None:
+            async with Chromium(exe, width=640, height=480) as b:
+                await b.open(gateway.http_url("live/radio.html?player=jsmpeg"))
+                await b.wait_for("window.player.audioFrames >= 20", timeout=20)
+                t0 = await b.evaluate("window.player.jsmpeg.audioOut.context.currentTime")
+                await asyncio.sleep(3.0)  # past the page's first check (2 s) for a stalled player
+                t1 = await b.evaluate("window.player.jsmpeg.audioOut.context.currentTime")
+                assert t1 - t0 > 2.0, (t0, t1)  # the sound plays
+                assert await b.evaluate("window.player.frames") == 0
+                assert await b.evaluate("document.getElementById('status').textContent") == \
+                    "playing: jsmpeg"
+
+        run(go(), timeout=60)
+    finally:
+        pub.stop()
 
 
 def test_jsmpeg_page_resumes_after_the_publisher_restarts(gateway: RunningGateway, publish,
