@@ -89,6 +89,33 @@ def test_jsmpeg_page_turns_the_sound_on_at_the_first_click(gateway: RunningGatew
     run(go(), timeout=90)
 
 
+def test_jsmpeg_page_asks_for_no_click_on_a_stream_without_sound(gateway: RunningGateway,
+                                                                 tmp_path: Path) -> None:
+    """A video-only stream under the same autoplay policy: no 'click or tap for sound'."""
+    exe = require_chromium()
+    clip = tmp_path / "mute.flv"
+    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=30", "-t", "6", "-c:v", "libx264", "-g", "30",
+                    "-f", "flv", str(clip)], check=True, timeout=60)
+    pub = Publisher(clip, gateway.rtmp_url("live/mute"))
+    try:
+        gateway.wait_stream("live/mute", tracks=1)
+
+        async def go() -> None:
+            args = ("--autoplay-policy=document-user-activation-required",)
+            async with Chromium(exe, width=640, height=480, args=args) as b:
+                look = functools.partial(b.evaluate, user_gesture=False)
+                await b.open(gateway.http_url("live/mute.html?player=jsmpeg"))
+                await b.wait_for("window.player.frames >= 30", timeout=20, user_gesture=False)
+                assert await look("window.player.audio") == "suspended"  # (the page's, unused)
+                assert await look("window.player.audioFrames") == 0
+                assert await look("document.getElementById('status').textContent") == "playing: jsmpeg"
+
+        run(go(), timeout=60)
+    finally:
+        pub.stop()
+
+
 def test_jsmpeg_page_plays_an_audio_only_stream(gateway: RunningGateway, tmp_path: Path) -> None:
     """A radio-like RTMP stream (AAC only, MP2 for jsmpeg): the page plays it and says so; it
     used to say 'connecting' from 2 s on, since no picture ever came."""
