@@ -126,20 +126,27 @@ def _decode_errors(data: bytes) -> int:
     return errors
 
 
-def test_a_viewer_joining_late_in_a_long_gop_starts_at_the_live_picture(
-        gateway: RunningGateway, publish, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """OBS's default keyframe interval is ~8 s. A jsmpeg viewer that comes 6 s into such a GOP
-    starts the variant on a 6 s GOP cache: it gets the live picture at once and then real time,
-    not 6 s of old pictures in a burst, a freeze where they overflowed the queue, and a
-    'cannot keep up' warning."""
-    caplog.set_level(logging.INFO)
-    clip = tmp_path / "longgop.flv"
+@pytest.fixture(scope="module")
+def long_gop_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 s of 640x360 H.264 (B-frames) + AAC with one keyframe every 8 s, like OBS's default."""
+    clip = tmp_path_factory.mktemp("longgop") / "longgop.flv"
     subprocess.run(
         [FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
          "-f", "lavfi", "-i", "sine", "-t", "10", "-c:v", "libx264", "-preset", "veryfast",
          "-bf", "2", "-g", "240", "-keyint_min", "240", "-sc_threshold", "0", "-c:a", "aac",
          "-f", "flv", str(clip)], check=True, timeout=60)
-    publish(clip, "live/longgop")
+    return clip
+
+
+def test_a_viewer_joining_late_in_a_long_gop_starts_at_the_live_picture(
+        gateway: RunningGateway, publish, long_gop_clip: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """OBS's default keyframe interval is ~8 s. A jsmpeg viewer that comes 6 s into such a GOP
+    starts the variant on a 6 s GOP cache: it gets the live picture at once and then real time,
+    not 6 s of old pictures in a burst, a freeze where they overflowed the queue, and a
+    'cannot keep up' warning."""
+    caplog.set_level(logging.INFO)
+    publish(long_gop_clip, "live/longgop")
     time.sleep(6.0)
     data = asyncio.run(ws_collect(gateway.ws_url("live/longgop.jsmpeg"), 3.0))
     video = _decode_ts(data)["video"]
@@ -570,6 +577,32 @@ def test_viewers_keep_playing_when_a_transcode_process_dies(gateway: RunningGate
     assert not any(stream.ended for stream in streams)
     pool = pool_mod._POOLS[gateway.loop]
     assert not {c.process.pid for c in pool._children if c is not None} & set(pids)
+
+
+def test_after_a_transcode_process_dies_pictures_come_back_at_once(
+        gateway: RunningGateway, publish, long_gop_clip: Path) -> None:
+    """The restarted step catches up on the source's GOP instead of waiting for its next
+    keyframe: with an 8 s GOP, that wait was up to 8 s of a frozen picture."""
+    publish(long_gop_clip, "live/phoenix")
+
+    async def run() -> bytes:
+        async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/phoenix.jsmpeg")) as ws:
+            end = time.monotonic() + 2.0
+            while time.monotonic() < end:  # the variant runs
+                await ws.receive(timeout=10)
+            await asyncio.to_thread(_kill_codec_processes, gateway)
+            after = bytearray()
+            end = time.monotonic() + 4.0
+            while time.monotonic() < end:
+                msg = await ws.receive(timeout=10)
+                assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                after += msg.data
+            return bytes(after)
+
+    video = _decode_ts(asyncio.run(run()))["video"]
+    # ~110 of 120 on this machine (the new process starts in ~0.3 s); a slow host needs ~2 s
+    assert len(video) >= 45, len(video)
+    assert video[0].key_frame
 
 
 def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(

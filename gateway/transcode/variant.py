@@ -366,7 +366,8 @@ class Variant(Stream):
     def _step_failed(self, step: pool.PoolStep) -> None:
         """A step's process died (a crash in a codec, the OOM killer, a kill): the variants it
         hosted belong to other streams too, so each restarts its step in a live process and its
-        viewers keep playing (video again from the next keyframe). A step the process keeps
+        viewers keep playing (video again at once: the new decoder catches up on the source's
+        GOP). A step the process keeps
         dying on (a bitstream that crashes the decoder) ends its variant with a reason, so
         that it does not take a process, and the other streams' variants, down for ever;
         the variants that were only in the same process restart every time."""
@@ -396,7 +397,14 @@ class Variant(Stream):
                     step.failed)
         self._track_in(track)
         if step.kind == "video":
-            self.source.request_keyframe()  # the new decoder starts at one
+            # the new decoder catches up on the source's GOP, as a starting variant does, so
+            # its viewers see pictures again at once instead of at the next keyframe
+            worker = self.workers["video"]
+            replay = [f for f in self._catch_up(self.source.gop) if f.track.kind == "video"]
+            for f in replay:
+                worker.submit(f, replay=True)
+            if not replay:
+                self.source.request_keyframe()  # the new decoder starts at one
 
     # -- lifecycle ---------------------------------------------------------------------------
 
