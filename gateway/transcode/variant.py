@@ -249,11 +249,12 @@ class Variant(Stream):
         log.info("%s: variant started: %s", source.key, plan)
 
     def _catch_up(self, gop: list[Frame]) -> list[Frame]:
-        """Start the video step at the newest frame of the source's GOP cache: the frames before
-        it are only decoded (those no frame references not even that), and audio older than it
-        is not coded, since the variant starts its viewers at its first video keyframe. So a
-        viewer gets the current picture at once, not the GOP (up to ~8 s with OBS's default
-        keyframe interval) re-encoded in a burst, then a freeze where it overflowed the queue.
+        """Start (or restart) the video step at the newest frame of the source's GOP cache: the
+        frames before it are only decoded (those no frame references not even that), and audio
+        older than it is not coded, since the variant starts its viewers at its first video
+        keyframe. So a viewer gets the current picture at once, not the GOP (up to ~8 s with
+        OBS's default keyframe interval) re-encoded in a burst, then a freeze where it
+        overflowed the queue.
         Returns the frames still to submit."""
         worker = self.workers.get("video")
         video = [i for i, f in enumerate(gop) if f.track.kind == "video"]
@@ -367,10 +368,10 @@ class Variant(Stream):
         """A step's process died (a crash in a codec, the OOM killer, a kill): the variants it
         hosted belong to other streams too, so each restarts its step in a live process and its
         viewers keep playing (video again at once: the new decoder catches up on the source's
-        GOP). A step the process keeps
-        dying on (a bitstream that crashes the decoder) ends its variant with a reason, so
-        that it does not take a process, and the other streams' variants, down for ever;
-        the variants that were only in the same process restart every time."""
+        GOP). A step the process keeps dying on (a bitstream that crashes the decoder) ends its
+        variant with a reason, so that it does not take a process, and the other streams'
+        variants, down for ever; the variants that were only in the same process restart every
+        time."""
         if self.closed or not step.lost or self.workers.get(step.kind) is not step:
             return  # a step that cannot open stays stopped: the variant goes on without it
         now = time.monotonic()
