@@ -275,6 +275,41 @@ def test_a_long_queue_sheds_non_reference_frames_first(media, caplog) -> None:
     _run(main)
 
 
+def test_the_least_loaded_process_is_judged_by_what_the_steps_cost(media) -> None:
+    """A 1080p variant weighs 2.25 of a 720p one, a 360p one 0.25 (``transcode_cost``): a big
+    step goes where the small ones are, not where the count of steps is lowest."""
+    vt, _ = media["video"]
+
+    async def main() -> None:
+        p = pool_mod.get_pool(2)
+        t = _transcode(media, "video")
+        steps = [p.open(f"w{i}", t, vt, lambda frames: None, 60, weight=w)
+                 for i, w in enumerate((2.25, 0.25, 0.25, 0.25))]
+        big, small = steps[0]._child, steps[1]._child
+        assert big is not small and all(s._child is small for s in steps[1:])
+        second = p.open("another big one", t, vt, lambda frames: None, 60, weight=2.25)
+        assert second._child is small  # by count (1 against 3) it went to ``big``
+        assert (big.load, small.load) == (2.25, 3.0)
+        for s in (*steps, second):
+            s.stop()
+        await _until(lambda: not big.steps and not small.steps)
+        assert (big.load, small.load) == (0.0, 0.0)
+        # a variant weighs its steps by their cost (what they take of the transcode capacity)
+        source = Stream("live/weigh", StreamInfo("rtmp"), "test")
+        source.set_track(vt)
+        source.set_track(media["audio"][0])
+        matrix = planner.load_matrix()
+        var, plan = variant_mod.media_for(matrix, source, "h5")
+        assert isinstance(var, variant_mod.Variant)
+        for kind, w in var.workers.items():
+            assert isinstance(w, pool_mod.PoolStep)
+            assert w.weight == planner.transcode_cost(matrix, plan.tracks[kind]) > 0  # type: ignore[arg-type]
+        assert var.cost == sum(w.weight for w in var.workers.values())  # type: ignore[attr-defined]
+        source.drop_sink(("variant", plan.variant_key()))
+
+    _run(main)
+
+
 def test_a_thread_worker_sheds_the_same_way(media) -> None:
     """``transcode_processes = 0``: the thread worker's queue sheds like a process step's."""
     vt, vframes = media["video"]

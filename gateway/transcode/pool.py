@@ -80,8 +80,8 @@ OPEN, TRACK, FRAME, CLOSE = b"o"[0], b"t"[0], b"f"[0], b"c"[0]  # parent -> chil
 RESULT, COUNTERS_MSG, ERROR, CLOSED, LOG, READY = (b"r"[0], b"n"[0], b"e"[0], b"x"[0],
                                                    b"l"[0], b"y"[0])  # child -> parent (+TRACK)
 
-#: Rough CPU share of a step by kind, for "least loaded": 720p video ~3.4 ms a frame at 30 fps,
-#: audio a few tenths of a ms at ~40 packets a second.
+#: Rough CPU share of a step by kind, for "least loaded" when its owner gives no ``weight``:
+#: 720p video ~3.4 ms a frame at 30 fps, audio a few tenths of a ms at ~40 packets a second.
 WEIGHT = {"video": 1.0, "audio": 0.1}
 _SOCKET_BUFFER = 4 << 20  # a few hundred frames in the kernel before the parent buffers
 _READ_SIZE = 1 << 20
@@ -516,9 +516,10 @@ class PoolStep(Admitted):
 
     def __init__(self, step_id: int, name: str, t: planner.Transcode, source: Track,
                  deliver: Deliver, limit: int, child: _Child, group: object = None,
-                 shed_at: int | None = None) -> None:
+                 shed_at: int | None = None, weight: float | None = None) -> None:
         self.step_id = step_id
         self.group = group
+        self.weight = WEIGHT.get(t.kind, 0.5) if weight is None else weight
         self.name = name
         self.transcode = t
         self.source = source
@@ -715,7 +716,7 @@ class _Child:
 
     def open_step(self, step: PoolStep) -> None:
         self.steps[step.step_id] = step
-        self.load += WEIGHT.get(step.kind, 0.5)
+        self.load += step.weight
         payload = bytes((_AUDIO if step.kind == "audio" else _OTHER,)) + pickle.dumps(
             (step.transcode, step.source, step.name), protocol=5)
         self._send([_header(OPEN, step.step_id, len(payload)), payload])
@@ -735,7 +736,7 @@ class _Child:
         self._send(parts)
 
     def close_step(self, step: PoolStep) -> None:
-        self.load -= WEIGHT.get(step.kind, 0.5)
+        self.load -= step.weight
         self._send([_header(CLOSE, step.step_id, 0)])
 
     # -- reading ------------------------------------------------------------------------------
@@ -794,7 +795,7 @@ class _Child:
             step = self.steps.pop(sid, None)
             if step is not None:
                 if not step._stopped:
-                    self.load -= WEIGHT.get(step.kind, 0.5)
+                    self.load -= step.weight
                     step._stopped = True
                 step._fail(buf[start:end].decode(errors="replace"))
         elif kind == LOG:
@@ -872,14 +873,17 @@ class Pool:
         return [c.process for c in self._children if c is not None]
 
     def open(self, name: str, t: planner.Transcode, source: Track, deliver: Deliver,
-             limit: int, group: object = None, shed_at: int | None = None) -> PoolStep:
+             limit: int, group: object = None, shed_at: int | None = None,
+             weight: float | None = None) -> PoolStep:
         """Start a step; its outputs go to ``deliver`` on the loop, one call per input frame
         that produced any. At most ``limit`` input frames are in flight; more are dropped;
         from ``shed_at`` on, disposable video frames are shed (see ``Admission``).
 
         Steps of one ``group`` (a variant's tracks) share a process: it codes their frames in
         arrival order, so audio and video outputs come back as interleaved as they went in
-        instead of one track racing ahead (e.g. through a backlog while a process starts)."""
+        instead of one track racing ahead (e.g. through a backlog while a process starts).
+        ``weight``: the step's share of a CPU (``planner.transcode_cost``, so a 1080p variant
+        weighs more than a 360p one), which decides the least loaded process; by kind if None."""
         if self.closed:
             raise RuntimeError("transcode pool is shut down")
         for i, c in enumerate(self._children):
@@ -892,7 +896,8 @@ class Pool:
         mates = [c for c in live if group is not None
                  and any(s.group is group and not s._stopped for s in c.steps.values())]
         child = mates[0] if mates else min(live, key=lambda c: c.load)
-        step = PoolStep(next(self._ids), name, t, source, deliver, limit, child, group, shed_at)
+        step = PoolStep(next(self._ids), name, t, source, deliver, limit, child, group, shed_at,
+                        weight)
         child.open_step(step)
         return step
 

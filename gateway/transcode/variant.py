@@ -220,13 +220,16 @@ class Variant(Stream):
     """The source after one plan; a sink of the source and a stream for its own sinks."""
 
     def __init__(self, source: Stream, plan: planner.Plan, key: object,
-                 factory: StepFactory | None = None, cost: float = 0.0) -> None:
+                 factory: StepFactory | None = None, costs: dict[str, float] | None = None) -> None:
         super().__init__(f"{source.key}~{plan.protocol}", StreamInfo(source.info.protocol),
                          source.publisher)
         self.source = source
         self.plan = plan
         self.key_in_source = key
-        self.cost = cost  # of the transcode capacity, until stopped
+        #: per transcoded kind, ``planner.transcode_cost``: what the variant takes of the
+        #: transcode capacity until stopped, and how its steps weigh on a codec process
+        self.costs = dict(costs or {})
+        self.cost = sum(self.costs.values())
         _running.add(self)
         self.info.metadata = dict(source.info.metadata)
         self._factory = factory or _default_factory
@@ -310,7 +313,7 @@ class Variant(Stream):
             try:
                 step = pool.get_pool(_processes, _threads).open(
                     name, tp, track, self._deliver, limit, group=self,
-                    shed_at=SHED_FRAMES.get(tp.kind))
+                    shed_at=SHED_FRAMES.get(tp.kind), weight=self.costs.get(tp.kind))
             except Exception:  # a transcode in a thread beats no transcode
                 log.exception("%s: cannot use the transcode pool; using a thread", name)
             else:
@@ -457,7 +460,8 @@ def media_for(matrix: planner.Matrix, stream: Stream,
     if until is not None and (wait := until - time.monotonic()) > 0:
         raise VariantRefused(f"{stream.key}: transcoding it for {plan.protocol} crashed repeatedly; "
                              f"try again in {wait:.0f} s", wait)
-    cost = sum(planner.transcode_cost(matrix, t) for t in plan.transcodes)
+    costs = {t.kind: planner.transcode_cost(matrix, t) for t in plan.transcodes}
+    cost = sum(costs.values())
     if _capacity > 0:
         used = _used()
         if used + cost > _capacity + 1e-9:  # (the caller logs the refusal)
@@ -465,4 +469,4 @@ def media_for(matrix: planner.Matrix, stream: Stream,
                 f"{stream.key}: the gateway's transcode capacity is in use ({used:.1f} of "
                 f"{_capacity:g}; transcoding this stream for {plan.protocol} needs {cost:.2f}); "
                 f"try again later", CAPACITY_RETRY)
-    return stream.sink(key, lambda s: Variant(s, plan, key, cost=cost)), plan
+    return stream.sink(key, lambda s: Variant(s, plan, key, costs=costs)), plan
