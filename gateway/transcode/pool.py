@@ -4,14 +4,17 @@ Why processes: with one thread per step, the event loop and the Python parts of 
 one GIL, and each re-acquisition after a codec call can wait a whole switch interval; latency then
 grows with the number of variants although the codecs themselves are cheap. Here the gateway
 process only moves bytes: a step lives in one of K child processes (default: one per CPU, each
-hosting many steps; a variant's steps share the least loaded one) and the parent talks to it over
+hosting many steps; a variant's steps share the least loaded one, loads counted in transcode
+cost, so a 1080p30 variant weighs nine 360p30 ones) and the parent talks to it over
 a socket pair with a compact framing:
 
 * to the child: ``open(step, kind, transcode, source track)``, ``track(step, id, Track)`` (once per new
-  input ``Track`` object), ``frame(step, track id, pts, dts, time base, key, data)``,
+  input ``Track`` object), ``frame(step, track id, pts, dts, time base, flags, data)`` (flags: key;
+  catch-up, i.e. decode only and no result),
   ``close(step)``;
-* back: ``result(step, [frame...])`` once per input frame (empty when the step had nothing ready:
-  it is also the acknowledgement that bounds the frames in flight), ``track(step, id, Track)``
+* back: ``result(step, [frame...], codec errors)`` once per input frame but catch-up ones (empty
+  when the step had nothing ready: it is also the acknowledgement that bounds the frames in
+  flight), ``track(step, id, Track)``
   before the first frame of each output track, ``counters(deltas)``, ``error(step, text)``,
   ``closed(step)`` and ``log(level, logger, text)``. A busy child sends an audio step's results
   together with the next video result (``_Held``): one wake-up of the gateway, not two.
