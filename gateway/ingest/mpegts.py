@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from ..hub.stream import Stream
 from ..media import Frame
@@ -25,22 +26,38 @@ class TsIngest:
         self.bytes_in = 0
         self._warned: set[tuple[int, str]] = set()
         self._failed = False
+        # held while the demuxer works: a session cancelled (its client gone) while a chunk is
+        # demuxed in the worker thread must not flush the demuxer under it
+        self._lock = threading.Lock()
 
     async def feed(self, data: bytes) -> None:
         self.bytes_in += len(data)
         loop = asyncio.get_running_loop()
-        try:
-            frames = await loop.run_in_executor(None, self.demuxer.receive_data, data)
-        except TsError:
-            self._failed = True  # the refusal names everything; no "ignored" after it
-            raise
-        self._push(frames)
+        self._push(await loop.run_in_executor(None, self._demux, data))
+
+    def feed_now(self, data: bytes) -> None:
+        """Demux a small last piece on the caller's thread: no await, so a session that is
+        being closed cannot be cancelled between the piece and ``finish``."""
+        self.bytes_in += len(data)
+        self._push(self._demux(data))
+
+    def _demux(self, data: bytes) -> list[Frame]:
+        with self._lock:
+            try:
+                return self.demuxer.receive_data(data)
+            except TsError:
+                self._failed = True  # the refusal names everything; no "ignored" after it
+                raise
 
     def finish(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a chunk is still being demuxed for a vanished publisher: its tail is lost
         try:
             self._push(self.demuxer.flush())
         except TsError:
             pass
+        finally:
+            self._lock.release()
 
     def _push(self, frames: list[Frame]) -> None:
         for pid, (stream_type, what) in self.demuxer.unsupported.items():

@@ -22,6 +22,8 @@ from .http import CORS, CTX, _key, _peer, close_reason, play
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 64 << 10
+COALESCE = 0.020  # s small WebSocket messages of a TS publisher may wait to be demuxed together
+COALESCE_BYTES = 16 << 10  # ... unless there are this many bytes already
 
 
 async def jsmpeg(request: web.Request) -> web.StreamResponse:
@@ -61,18 +63,37 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
         if websocket:
             ws = web.WebSocketResponse(compress=False, max_msg_size=4 << 20)
             await ws.prepare(request)
+            loop = asyncio.get_running_loop()
+            # small messages (a client may send each TS packet alone) are gathered for up to
+            # COALESCE s: one trip to the demuxing thread per message cost ~11% of a core for a
+            # 2 Mbit/s publisher sending 188-byte messages, ~1% gathered
+            pending = bytearray()
+            flush_at = 0.0
             while True:
+                # (aiohttp reads a timeout of 0 as none at all)
+                wait = max(0.001, flush_at - loop.time()) if pending else timeout
                 try:
-                    msg = await ws.receive(timeout=timeout)
+                    msg = await ws.receive(timeout=wait)
                 except asyncio.TimeoutError:
+                    if pending:
+                        await ingest.feed(bytes(pending))
+                        pending.clear()
+                        continue
                     reason = _idle(request, stream, timeout)
                     await ws.close(code=1001, message=close_reason(reason))
                     break
                 if msg.type == WSMsgType.BINARY:
-                    await ingest.feed(msg.data)
+                    if not pending:
+                        flush_at = loop.time() + COALESCE
+                    pending += msg.data
+                    if len(pending) >= COALESCE_BYTES or loop.time() >= flush_at:
+                        await ingest.feed(bytes(pending))
+                        pending.clear()
                 elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED,
                                   WSMsgType.ERROR):
                     break
+            if pending:  # < COALESCE_BYTES: demuxed here, where the close cannot cut it off
+                ingest.feed_now(bytes(pending))
             return ws
         while True:
             try:
