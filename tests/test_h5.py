@@ -15,7 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -275,11 +275,12 @@ def test_h5_publish_over_websocket_and_second_publisher_refused(gateway: Running
     assert "live/wsin" not in gateway.gw.hub.streams  # ended with the WebSocket
 
 
-def test_a_websocket_publisher_sending_each_ts_packet_alone(gateway: RunningGateway,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client may send every 188-byte packet as its own message (1,330 a second at 2 Mbit/s):
-    they are demuxed together, a few at a time (one trip to the demuxing thread each cost ~11%
-    of a core at 2 Mbit/s), and every frame still arrives, the last ones too."""
+@pytest.mark.parametrize("how", ["websocket", "post"])
+def test_a_publisher_sending_each_ts_packet_alone(gateway: RunningGateway, how: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client may send every 188-byte packet as its own message or chunk (1,330 a second at
+    2 Mbit/s): they are demuxed together, a few at a time (one trip to the demuxing thread each
+    cost ~11% of a core at 2 Mbit/s), and every frame still arrives, the last ones too."""
     src = subprocess.run(
         [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi",
          "-i", "sine", "-t", "2", "-c:v", "mpeg1video", "-bf", "0", "-g", "15", "-c:a", "mp2",
@@ -298,17 +299,37 @@ def test_a_websocket_publisher_sending_each_ts_packet_alone(gateway: RunningGate
     packets = [src[i:i + 188] for i in range(0, len(src), 188)]
 
     async def run() -> int:
-        async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/packets.ts")) as ws:
-            for i, p in enumerate(packets):
-                await ws.send_bytes(p)
-                if i % 100 == 99:
-                    await asyncio.sleep(0.01)  # ~2 Mbit/s, the way a live client trickles
-                    if i == 99:
-                        while "live/packets" not in gateway.gw.hub.streams:
-                            await asyncio.sleep(0.01)
-                        stream = gateway.gw.hub.streams["live/packets"]
+        key = f"live/packets-{how}"
+        async with aiohttp.ClientSession() as s:
+            if how == "websocket":
+                async with s.ws_connect(gateway.ws_url(f"{key}.ts")) as ws:
+                    stream = await trickle(ws.send_bytes, key)
+            else:  # a chunked POST, one packet a chunk
+                sock = socket.create_connection(("127.0.0.1", gateway.http_port))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.sendall(f"POST /{key}.ts HTTP/1.1\r\nHost: x\r\n"
+                             "Transfer-Encoding: chunked\r\n\r\n".encode())
+
+                async def send(p: bytes) -> None:
+                    sock.sendall(b"%x\r\n%b\r\n" % (len(p), p))
+
+                stream = await trickle(send, key)
+                sock.sendall(b"0\r\n\r\n")
+                sock.settimeout(10)
+                assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+                sock.close()
         await asyncio.sleep(0.3)  # the close is handled
         return stream.frames_in
+
+    async def trickle(send: Callable[[bytes], Awaitable[None]], key: str) -> object:
+        for i, p in enumerate(packets):
+            await send(p)
+            await asyncio.sleep(0.0005)  # one at a time, about as a live 2 Mbit/s client trickles
+            if i == 24:
+                while key not in gateway.gw.hub.streams:
+                    await asyncio.sleep(0.01)
+                stream = gateway.gw.hub.streams[key]
+        return stream
 
     frames_in = asyncio.run(run())
     assert frames_in == expected  # the tail gathered before the close is demuxed too
