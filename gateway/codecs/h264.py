@@ -37,6 +37,7 @@ __all__ = [
     "join_annexb",
     "join_avcc",
     "level_value",
+    "nal_length_size",
     "nal_type",
     "parse_avc_config",
     "parse_sps",
@@ -513,6 +514,11 @@ def parse_avc_config(data: bytes) -> AvcConfig:
         pps=tuple(pps),
         **ext,
     )
+
+
+def nal_length_size(config: bytes) -> int:
+    """The AVCC length-prefix size a track's avcC declares; 4 (the usual) when it has none."""
+    return parse_avc_config(config).nal_length_size if config else 4
 
 
 def _append_sets(out: bytearray, nals: Sequence[bytes], kind: int) -> None:

@@ -389,7 +389,8 @@ class AudioTranscoder(CodecStep):
                 self._first_packet = False
                 if p != -self._expected_delay:
                     log.debug("%s%s encoder delay is %d, not %d: output off by %d samples",
-                              self._who, self._enc.name, -p, self._expected_delay, p + self._expected_delay)
+                              self._who, self._enc.name, -p, self._expected_delay,
+                              p + self._expected_delay)
             if p + (packet.duration or self._frame_size) <= self._pad:
                 continue  # priming and padding only
             r = p - self._pad

@@ -58,8 +58,7 @@ def needed_for_decoding(frame: Frame, nal_length_size: int = 0) -> bool:
         return True
     try:
         if not nal_length_size:
-            nal_length_size = h264.parse_avc_config(track.config).nal_length_size if (
-                track.config) else 4
+            nal_length_size = h264.nal_length_size(track.config)
         return not h264.is_disposable(frame.data, nal_length_size)
     except h264.H264Error:
         return True
@@ -171,7 +170,7 @@ class Admission:
         cached, size = self._nal_sizes
         if track is not cached:
             try:
-                size = h264.parse_avc_config(track.config).nal_length_size if track.config else 4
+                size = h264.nal_length_size(track.config)
             except h264.H264Error:
                 return False
             self._nal_sizes = (track, size)

@@ -234,8 +234,7 @@ class VideoTranscoder(CodecStep):
             return _SEQUENCE_HEADER in data[:64]
         if codec == "h264":
             try:
-                size = h264.parse_avc_config(frame.track.config).nal_length_size if (
-                    frame.track.config) else 4
+                size = h264.nal_length_size(frame.track.config)
                 return h264.NAL_IDR in h264.avcc_nal_types(data, size)
             except h264.H264Error:
                 return False
