@@ -644,6 +644,11 @@ def _parse_transcodes(
         for p, v in params.items():
             if p in _PARAM_EXAMPLES:
                 ctx.typed(p, v, f"{key}.params.{p}")
+        fit = params.get("max_pixels")
+        if fit is not None and (kind != "video" or isinstance(fit, bool) or not isinstance(fit, int)
+                                or fit <= 0):
+            raise ctx.error(f"{key}.params.max_pixels",
+                            f"expected a positive whole number of pixels (video only), got {fit!r}")
         if "inherit" in body:
             inherit = ctx.param_list(body["inherit"], f"{key}.inherit")
         else:
@@ -846,11 +851,31 @@ def _output_params(
         if not _unknown(value):
             # Track fields aren't type-checked: keep e.g. frame_rate a float in the plan
             params[name] = float(value) if isinstance(_PARAM_EXAMPLES[name], float) else value  # type: ignore[arg-type]
+    _fit(params, params.pop("max_pixels", None))
     for rule in rules:
         value = rule.adjust(params.get(rule.param))
         if value is not None:
             params[rule.param] = value
     return params
+
+
+#: How far over ``max_pixels`` a size may be and still be left alone (rounding, not a bigger
+#: picture: the even-size constraint then takes it under).
+FIT_SLACK: Final = 1.02
+
+
+def _fit(params: dict[str, object], max_pixels: object) -> None:
+    """Scale ``width`` x ``height`` down, keeping the aspect, to at most ``max_pixels``: a
+    1080p source coded for jsmpeg becomes 720p (and a portrait 1080x1920 one 720x1280). The
+    encode constraints (even sizes) round the result afterwards."""
+    w, h = params.get("width"), params.get("height")
+    if not isinstance(max_pixels, int) or not _number(w) or not _number(h) or w <= 0 or h <= 0:  # type: ignore[operator]
+        return
+    pixels = w * h  # type: ignore[operator]
+    if pixels <= max_pixels * FIT_SLACK:  # 1280x721 is 1280x720 once even: no rescale for that
+        return
+    scale = math.sqrt(max_pixels / pixels)
+    params["width"], params["height"] = max(2, int(w * scale)), max(2, int(h * scale))  # type: ignore[operator]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import pytest
 from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway, _start_gateway, kill_while_coding
 from flvcheck import assert_cut_off, capture, probe, ws_collect
 from gateway.config import Config
+from gateway.protocols import flv
 from gateway.protocols.mpegts import TsDemuxer
 from gateway.transcode import pool as pool_mod
 from gateway.transcode import variant as variant_mod
@@ -373,6 +374,24 @@ def test_garbage_over_a_websocket_closes_it_with_the_reason(gateway: RunningGate
     assert "live/wsjunk" not in gateway.gw.hub.streams
 
 
+def test_text_messages_to_the_ts_ingest_close_it_with_the_reason(gateway: RunningGateway) -> None:
+    """A browser script sending its TS as text (a string) would hold the stream key with no
+    media for ever: each text message came within the idle timeout and was ignored."""
+    async def run() -> tuple[object, int | None, object]:
+        async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/wstext.ts")) as ws:
+            await ws.send_str("G" * 188)
+            msg = await ws.receive(timeout=10)
+            return msg.type, ws.close_code, msg.extra
+
+    kind, code, reason = asyncio.run(run())
+    assert kind == aiohttp.WSMsgType.CLOSE and code == 1003, (kind, code, reason)
+    assert str(reason).startswith("bad MPEG-TS: a text message: send the MPEG-TS as binary"), reason
+    deadline = time.monotonic() + 5
+    while "live/wstext" in gateway.gw.hub.streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "live/wstext" not in gateway.gw.hub.streams
+
+
 def test_flv_sent_to_the_ts_ingest_is_named_in_the_refusal(gateway: RunningGateway,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     """The FFmpeg CLI with ``-f flv`` (say, a copied RTMP command) aimed at the TS ingest."""
@@ -408,6 +427,29 @@ def test_an_unsupported_codec_in_the_ts_is_named_in_the_log(gateway: RunningGate
             in text), text
 
 
+def _post_paced(gateway: RunningGateway, key: str, body: bytes, seconds: float, *,
+                chunk: int = 188 * 50, hold: float = 0.0) -> threading.Thread:
+    """A live h5 publisher: ``body`` as one chunked POST to ``/{key}.ts`` over ``seconds`` (real
+    time), the stream kept up ``hold`` s more; sent from a thread, which is returned started."""
+    def send() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
+        conn.putrequest("POST", f"/{key}.ts")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        pace = seconds / (len(body) / chunk)
+        for i in range(0, len(body), chunk):
+            part = body[i:i + chunk]
+            conn.send(b"%x\r\n%b\r\n" % (len(part), part))
+            time.sleep(pace)
+        time.sleep(hold)
+        conn.send(b"0\r\n\r\n")
+        conn.getresponse().read()
+
+    publisher = threading.Thread(target=send, daemon=True)
+    publisher.start()
+    return publisher
+
+
 def test_a_publisher_whose_clock_jumps_back_plays_on_without_a_jump(gateway: RunningGateway,
                                                                     tmp_path: Path) -> None:
     """Two TS files sent one after the other in one POST (``cat a.ts b.ts | curl ...``, or an
@@ -416,25 +458,8 @@ def test_a_publisher_whose_clock_jumps_back_plays_on_without_a_jump(gateway: Run
         [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi",
          "-i", "sine=sample_rate=44100", "-t", "3", "-c:v", "mpeg1video", "-bf", "0", "-g", "15",
          "-c:a", "mp2", "-f", "mpegts", "-"], capture_output=True, check=True, timeout=60).stdout
-    body = seg + seg
-    chunk = 188 * 50
-    pace = 6.0 / (len(body) / chunk)  # real time: 6 s of media in 6 s
-
-    def send() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
-        conn.putrequest("POST", "/live/jump.ts")
-        conn.putheader("Transfer-Encoding", "chunked")
-        conn.endheaders()
-        for i in range(0, len(body), chunk):
-            part = body[i:i + chunk]
-            conn.send(b"%x\r\n%b\r\n" % (len(part), part))
-            time.sleep(pace)
-        time.sleep(3)  # the stream stays up for the API check below
-        conn.send(b"0\r\n\r\n")
-        conn.getresponse().read()
-
-    publisher = threading.Thread(target=send, daemon=True)
-    publisher.start()
+    # 6 s of media in 6 s; the stream stays up 3 s more for the API check below
+    publisher = _post_paced(gateway, "live/jump", seg + seg, 6.0, hold=3.0)
     gateway.wait_stream("live/jump", timeout=10)
     out = tmp_path / "jump.flv"
     box: list[bytes] = []
@@ -459,6 +484,124 @@ def test_a_publisher_whose_clock_jumps_back_plays_on_without_a_jump(gateway: Run
             assert min(steps) > 0 and max(steps) < 0.2, (name, kind, min(steps), max(steps))
         assert video[-1] - video[0] > 4.0, (name, video[0], video[-1])  # across the splice
         assert abs(video[-1] - audio[-1]) < 0.15, (name, video[-1], audio[-1])  # still in sync
+
+
+def test_a_publisher_switching_codec_ends_its_viewers_with_the_reason(gateway: RunningGateway) -> None:
+    """An MPEG-1/MP2 TS and then an H.264/AAC one in one POST (``cat a.ts b.ts``, an encoder
+    restarted with other settings under a running upload). The jsmpeg viewer's plan (MPEG-1
+    passed through) no longer holds: it is closed with the reason, not left on a frozen
+    picture, and playing again gets the H.264 transcoded to MPEG-1."""
+    def seg(codecs: list[str]) -> bytes:
+        return subprocess.run(
+            [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f",
+             "lavfi", "-i", "sine=sample_rate=44100", "-t", "3", *codecs, "-f", "mpegts", "-"],
+            capture_output=True, check=True, timeout=60).stdout
+    body = (seg(["-c:v", "mpeg1video", "-bf", "0", "-g", "15", "-c:a", "mp2"])
+            + seg(["-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-bf", "0", "-c:a", "aac"]) * 2)
+    publisher = _post_paced(gateway, "live/switch", body, 9.0)
+    gateway.wait_stream("live/switch", timeout=10)
+
+    async def first_viewer() -> tuple[bytes, aiohttp.WSMessage]:
+        buf = bytearray()
+        async with aiohttp.ClientSession() as s, s.ws_connect(gateway.ws_url("live/switch.jsmpeg")) as ws:
+            while True:
+                msg = await ws.receive(timeout=6)
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    return bytes(buf), msg
+                buf += msg.data
+
+    data, closing = asyncio.run(first_viewer())
+    assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+    assert closing.extra in ("the publisher switched its video from mpeg1video to h264; play again",
+                             "the publisher switched its audio from mp2 to aac; play again")
+    assert len(_decode_ts(data)["video"]) >= 30  # the MPEG-1 part played
+    tracks = gateway.gw.hub.streams["live/switch"].tracks
+    deadline = time.monotonic() + 5  # the audio and the video switch ~0.1 s apart
+    while {t.codec for t in tracks.values()} != {"h264", "aac"} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again = _decode_ts(asyncio.run(ws_collect(gateway.ws_url("live/switch.jsmpeg"), 2.5)))
+    assert again["codecs"][0] == {"video": "mpeg1video", "audio": "mp2"}
+    assert len(again["video"]) >= 45 and again["video"][0].key_frame  # transcoded from H.264
+    publisher.join(15)
+
+
+def _late_video_ts(seconds: int = 7) -> bytes:
+    """An MPEG-1/MP2 TS whose first GOP's video is lost, as a publisher that starts mid-GOP
+    (``ffmpeg -c copy`` from a camera, or lost packets) sends it: audio from 0 s, video from its
+    next sequence header at 2 s."""
+    ts = subprocess.run(
+        [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi",
+         "-i", "sine=sample_rate=44100", "-t", str(seconds), "-c:v", "mpeg1video", "-bf", "0",
+         "-g", "60", "-c:a", "mp2", "-f", "mpegts", "-"], capture_output=True, check=True,
+        timeout=60).stdout
+    video_pid = 0x100  # FFmpeg's first PID
+    headers, body = 0, bytearray()
+    for i in range(0, len(ts), 188):
+        p = ts[i:i + 188]
+        if ((p[1] & 0x1F) << 8 | p[2]) == video_pid:
+            if p[1] & 0x40 and b"\x00\x00\x01\xb3" in p:
+                headers += 1
+            if headers < 2:
+                continue
+        body += p
+    return bytes(body)
+
+
+def _publish_late_video(gateway: RunningGateway, key: str, body: bytes, seconds: float) -> threading.Thread:
+    """``_post_paced``, returning once the audio is live and the video is not yet."""
+    publisher = _post_paced(gateway, key, body, seconds, chunk=188 * 20)
+    gateway.wait_stream(key, timeout=10, video=False, tracks=1)
+    time.sleep(0.2)
+    assert "video" not in gateway.gw.hub.streams[key].tracks  # the viewer comes first
+    return publisher
+
+
+def test_video_that_starts_after_the_viewers_joins_their_variant(gateway: RunningGateway,
+                                                                 tmp_path: Path) -> None:
+    """An HTTP-FLV viewer that joined between the audio and the video settled for the audio
+    (after 1 s), and its variant (MP2 -> AAC) used to stay audio-only for good. Now the
+    video joins it (MPEG-1 -> H.264)."""
+    publisher = _publish_late_video(gateway, "live/late", _late_video_ts(), 7.0)
+    out = tmp_path / "late.flv"
+    r = capture(gateway.http_url("live/late.flv"), out, 4.5)
+    assert r.returncode == 0, r.stderr
+    p = probe(out)
+    assert p.codecs == {"video": "h264", "audio": "aac"}, p.codecs
+    assert len(p.video_dts) >= 60, len(p.video_dts)  # from 2 s on, at 30 fps
+    assert not p.decode_errors, p.decode_errors
+    publisher.join(15)
+
+
+def test_late_video_is_not_transcoded_for_a_webrtc_viewer_with_no_video_sender(
+        gateway: RunningGateway) -> None:
+    """A WHEP viewer answered while the source had audio only has no video sender: the video
+    that comes later must not start an MPEG-1 -> H.264 transcode (libx264, ~2 of the transcode
+    capacity's units) that nobody receives."""
+    from gateway.webrtc.whep import WhepClient
+
+    publisher = _publish_late_video(gateway, "live/latewhep", _late_video_ts(5), 5.0)
+
+    async def watch() -> dict:
+        viewer = WhepClient(gateway.http_url("live/latewhep/whep"))
+        await viewer.start()
+        try:
+            deadline = time.monotonic() + 8
+            while "video" not in gateway.gw.hub.streams["live/latewhep"].tracks:
+                assert time.monotonic() < deadline, "the video never came"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            with urllib.request.urlopen(gateway.http_url("api/streams"), timeout=5) as resp:
+                return json.load(resp)
+        finally:
+            await viewer.close()
+
+    api = asyncio.run(asyncio.wait_for(watch(), 30))
+    outputs = {k: v for s in api["streams"] if s["key"] == "live/latewhep"
+               for k, v in s["outputs"].items()}
+    assert any("mp2 -> opus" in k for k in outputs), outputs
+    assert not any("mpeg1video -> h264" in k for k in outputs), outputs
+    assert api["transcode"]["used"] < 0.5, api["transcode"]  # the audio step alone: 0.08
+    publisher.join(15)
 
 
 def test_a_head_request_starts_no_transcode(gateway: RunningGateway, publish, clips,  # type: ignore[no-untyped-def]
@@ -692,7 +835,10 @@ def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
                 variant = next((v for k, v in stream.sinks.items() if isinstance(k, tuple)), None)
                 if variant is None:  # ended; what was sent before the close frame is still coming
                     continue
-                step = variant.workers["video"]
+                # read on the gateway's loop: a restart swaps the step there (never half-done)
+                step = await asyncio.to_thread(gateway.call, lambda: variant.workers.get("video"))
+                if step is None or step.failed:  # being restarted: the next pictures tell
+                    continue
                 deaths += await asyncio.to_thread(kill_while_coding, step._child, step.step_id)
                 assert deaths <= 3, "never ended"
 
@@ -763,6 +909,55 @@ def test_a_crash_counts_against_the_step_it_happened_in_only(clips, monkeypatch:
         for p in pubs:
             p.stop()
         next(gen, None)
+
+
+def _spliced_flv(path: Path, parts: list[tuple[str, int]]) -> Path:
+    """FFmpeg-made H.264/AAC FLV segments (size, audio rate) joined into one FLV as an encoder
+    whose settings change mid-stream writes it: each segment's own sequence headers, one
+    timeline whose video steps are all one frame."""
+    out = bytearray(flv.FLV_HEADER()) + b"\0\0\0\0"
+    next_video = 0
+    for i, (size, rate) in enumerate(parts):
+        seg = subprocess.run(
+            [FFMPEG, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30", "-f", "lavfi",
+             "-i", f"sine=frequency=440:sample_rate={rate}", "-t", "3", "-c:v", "libx264", "-preset",
+             "veryfast", "-g", "30", "-bf", "0", "-c:a", "aac", "-f", "flv", "-"],
+            capture_output=True, check=True, timeout=60).stdout
+        reader = flv.FlvReader()
+        tags = [t for t in reader.receive_data(seg) if t.tag_type in (8, 9) and t.body]
+        video = [t.timestamp for t in tags if t.tag_type == 9
+                 and flv.parse_video_body(t.body).avc_packet_type == flv.AVC_NALU]
+        shift = next_video - video[0] if i else 0
+        for t in tags:
+            if t.tag_type == 9 and flv.parse_video_body(t.body).avc_packet_type == flv.AVC_END_OF_SEQUENCE:
+                continue
+            out += flv.encode_tag(t.tag_type, t.timestamp + shift, t.body)
+        next_video = video[-1] + shift + 33
+    path.write_bytes(bytes(out))
+    return path
+
+
+def test_a_publisher_changing_size_and_sample_rate_keeps_every_frame(gateway: RunningGateway,
+                                                                     tmp_path: Path) -> None:
+    """OBS or a phone app changing its output settings sends new sequence headers mid-stream.
+    The running transcode reopens its decoder and goes on: no frame lost at the switch (a new
+    step used to drop the ones in flight), the output's size and MP2 rate unchanged."""
+    clip = _spliced_flv(tmp_path / "spliced.flv", [("640x360", 44100), ("320x240", 48000),
+                                                     ("640x360", 44100)])
+    pub = Publisher(clip, gateway.rtmp_url("live/resize"), loops=0)
+    try:
+        gateway.wait_stream("live/resize")
+        data = asyncio.run(ws_collect(gateway.ws_url("live/resize.jsmpeg"), 7.0))
+    finally:
+        err = pub.stderr()
+    frames = _decode_ts(data)
+    video, audio = frames["video"], frames["audio"]
+    assert {(f.width, f.height) for f in video} == {(640, 360)}, err
+    assert {f.sample_rate for f in audio} == {44100}
+    assert video[-1].time - video[0].time > 6.0  # both switches (at 3 s and 6 s) are in
+    for kind, ts in (("video", [f.time for f in video]), ("audio", [f.time for f in audio])):
+        steps = [b - a for a, b in zip(ts, ts[1:])]
+        assert min(steps) > 0 and max(steps) < 0.05, (kind, min(steps), max(steps))
 
 
 @pytest.mark.parametrize("only", ["audio", "video"])

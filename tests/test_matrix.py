@@ -223,9 +223,12 @@ def test_transcode_cost_is_the_steps_cost_scaled_by_the_output_pixel_rate(matrix
     transcodes.toml, for video times the output's pixel rate over 720p30's."""
     src = {"video": Track(kind="video", codec="h264", width=1920, height=1080, frame_rate=30.0),
            "audio": Track(kind="audio", codec="aac", sample_rate=44100, channels=2)}
-    p = plan(matrix, src, "h5")
+    p = plan(matrix, src, "h5")  # the MPEG-1 step's max_pixels makes it 720p
     costs = {t.kind: transcode_cost(matrix, t) for t in p.transcodes}
-    assert costs == {"video": pytest.approx(2.25), "audio": pytest.approx(0.02)}  # 1080p30 MPEG-1
+    assert costs == {"video": pytest.approx(1.0), "audio": pytest.approx(0.02)}
+    edit_after(matrix_copy / "transcodes.toml", 'to = "mpeg1video"', ", max_pixels = 921_600", "")
+    p = plan(load_matrix(matrix_copy), src, "h5")
+    assert transcode_cost(matrix, p["video"]) == pytest.approx(2.25)  # 1080p30 MPEG-1
     p = plan(matrix, src, "webrtc")  # H.264 passes (no B-frames said), AAC -> Opus
     assert {t.kind: transcode_cost(matrix, t) for t in p.transcodes} == {"audio": pytest.approx(0.08)}
     src["video"] = Track(kind="video", codec="vp8", width=640, height=360, frame_rate=30.0)

@@ -17,6 +17,7 @@ from gateway.media import Track  # noqa: E402
 from gateway.planner import (  # noqa: E402
     Drop,
     Matrix,
+    MatrixError,
     PassThrough,
     Plan,
     TargetSpec,
@@ -103,6 +104,34 @@ def test_h264_aac_to_h5_gets_even_size_and_standard_rate() -> None:
     a = transcode(p, "audio")
     assert (a.from_codec, a.to_codec) == ("aac", "mp2")
     assert a.params["sample_rate"] in (32000, 44100, 48000)
+
+
+@pytest.mark.parametrize(("size", "out"), [
+    ((1920, 1080), (1280, 720)),    # 1080p -> 720p
+    ((1080, 1920), (720, 1280)),    # a phone held upright: the same pixels, turned
+    ((3840, 2160), (1280, 720)),
+    ((1440, 1080), (1108, 830)),    # 4:3 keeps 4:3 (even sizes)
+    ((1280, 720), (1280, 720)),     # at the cap or under it: the source's size
+    ((640, 360), (640, 360)),
+])
+def test_mpeg1_for_jsmpeg_is_at_most_720p_keeping_the_aspect(size: tuple[int, int],
+                                                              out: tuple[int, int]) -> None:
+    """jsmpeg decodes on the viewer's CPU (phones manage ~720p30), and 1.5 Mbit/s is a 720p
+    MPEG-1 rate: the shipped MPEG-1 step has max_pixels = 1280 x 720."""
+    v = transcode(plan(M, av(h264(width=size[0], height=size[1], frame_rate=30.0), aac()), "h5"),
+                  "video")
+    assert (v.params["width"], v.params["height"]) == out
+    assert "max_pixels" not in v.params  # a planning rule, not an encoder setting
+
+
+def test_max_pixels_must_be_a_positive_whole_number(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(ROOT / "matrix", tmp_path / "m")
+    toml = tmp_path / "m" / "transcodes.toml"
+    toml.write_text(toml.read_text().replace("max_pixels = 921_600", "max_pixels = 0.5"))
+    with pytest.raises(MatrixError, match=r"params\.max_pixels: expected a positive whole number"):
+        load_matrix(tmp_path / "m")
 
 
 def test_h5_to_h5_is_none() -> None:

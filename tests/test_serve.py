@@ -92,3 +92,35 @@ def test_a_signal_to_the_whole_group_stops_the_gateway_cleanly(clips, tmp_path: 
     assert "shutting down" in text, text[-3000:]
     for bad in ("Traceback", "died while coding", "transcoder failed", "lost:", "ERROR"):
         assert bad not in text, text[-3000:]
+
+
+def test_a_running_h5_publisher_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    """The FFmpeg CLI still uploading MPEG-TS (a long POST) when the gateway is stopped: the
+    upload ends with its stream, at once. It used to be read on until the publisher's idle
+    timeout (10 s: aiohttp waits for running handlers), then logged as an idle publisher."""
+    proc, _, http_port, log = _start(tmp_path)
+    pub = subprocess.Popen(
+        ["ffmpeg", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f",
+         "lavfi", "-i", "sine", "-t", "60", "-c:v", "mpeg1video", "-c:a", "mp2", "-f", "mpegts",
+         f"http://127.0.0.1:{http_port}/live/up.ts"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while b"live/up: published" not in (log.seek(0) or log.read()):
+            assert time.monotonic() < deadline and pub.poll() is None
+            time.sleep(0.1)
+        time.sleep(1)
+        began = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(20) == 0
+        took = time.monotonic() - began
+        assert pub.wait(10) != 0  # its upload was cut off
+    finally:
+        pub.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    log.seek(0)
+    text = log.read().decode(errors="replace")
+    assert "no data from the publisher" not in text, text[-2000:]
+    assert took < 5, (took, text[-2000:])

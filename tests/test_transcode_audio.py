@@ -287,6 +287,27 @@ def test_config_change_mid_stream_keeps_output_track(sources: dict[str, Path]) -
     assert [f.pts - out[0].pts for f in out] == [i * 960 for i in range(len(out))]
 
 
+def test_a_codec_change_from_samples_the_encoder_takes_as_they_are(tmp_path: Path) -> None:
+    """An h5 publisher's TS switching from AAC to MP2 (``cat a.ts b.ts``, an encoder restarted
+    under a running upload), coded to AAC at the source's rate and layout: the AAC samples go
+    to the encoder unconverted (with their decoder's time base), the MP2 ones through a
+    resampler (with its own). PyAV's FIFO refuses a frame in another time base than its first,
+    and every frame after the switch failed ("Frame does not match AudioFifo parameters")."""
+    t1, f1 = demux(_make(tmp_path / "aac.flv", "aac", 44100, 1, 3))
+    t2, f2 = demux(_make(tmp_path / "mp2.ts", "mp2", 44100, 1, 3))
+    ms = Fraction(1, 1000)
+    end = f1[-1].pts + 23 + 100  # 100 ms missing at the switch: filled with silence
+    offset = end - round(f2[0].pts * f2[0].time_base * 1000)
+    second = [Frame(t2, f.data, round(f.pts * f.time_base * 1000) + offset,
+                    round(f.dts * f.time_base * 1000) + offset, ms, True) for f in f2]
+    step = AudioTranscoder(t1, "aac", sample_rate=44100, channels=1)
+    out = run(step, f1 + second)
+    assert step.errors == 0 and step.filled > 0
+    assert [f.pts - out[0].pts for f in out] == [i * 1024 for i in range(len(out))]
+    _, rate, _, x = pcm(out)
+    assert len(x) / rate > 6.0  # both 3 s sources and the gap: nothing lost
+
+
 def test_factory_builds_audio_steps_from_plans(sources: dict[str, Path]) -> None:
     m = planner.load_matrix()
     track, frames = demux(sources["aac"])

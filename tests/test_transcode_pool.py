@@ -621,6 +621,67 @@ def test_variant_starting_on_a_backlog_starts_at_its_newest_picture_with_audio(
     _run(main)
 
 
+def test_audio_coded_after_the_first_keyframe_but_older_than_it_is_dropped(media) -> None:
+    """Audio and video are coded in separate steps: when the audio step lags (a busy thread or
+    codec process), audio older than the variant's first video keyframe comes out after it.
+    Pushed, it would sit in the GOP behind the keyframe with older timestamps, and a viewer
+    would get audio from before its first picture."""
+    from gateway.transcode.factory import make_step
+
+    vt, vframes = media["video"]
+    at, aframes = media["audio"]
+
+    class Lagging:
+        """The real audio step, held back until the video step has delivered its keyframe."""
+
+        def __init__(self, step: object, go: threading.Event) -> None:
+            self.step, self.go = step, go
+
+        def process(self, frame: Frame) -> list[Frame]:
+            self.go.wait(10)
+            return self.step.process(frame)  # type: ignore[attr-defined]
+
+        def flush(self) -> list[Frame]:
+            return self.step.flush()  # type: ignore[attr-defined]
+
+        def close(self) -> None:
+            self.step.close()  # type: ignore[attr-defined]
+
+    go = threading.Event()
+
+    def factory(t: planner.Transcode, source: Track) -> object:
+        step = make_step(t, source)
+        return Lagging(step, go) if t.kind == "audio" else step
+
+    async def main() -> None:
+        source = Stream("live/lag", StreamInfo("rtmp"), "test")
+        source.set_track(vt)
+        source.set_track(at)
+        plan = _plan(media)
+        key = ("variant", plan.variant_key())
+        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key, factory=factory))
+        viewer = var.sink("viewer", lambda s: _Collect())
+        merged = sorted(vframes[:20] + aframes[:30], key=lambda f: f.dts * f.time_base)
+        for f in merged:
+            source.push(f)
+        await _until(lambda: any(f.track.kind == "video" for f in viewer.frames))
+        go.set()  # the audio step catches up now: its first frames are older than the picture
+        await _until(lambda: var.stats()["audio"]["out"] >= 25)  # type: ignore[index]
+        await asyncio.sleep(0.1)
+        got = viewer.frames
+        assert got[0].track.kind == "video" and got[0].keyframe
+        start = got[0].pts * got[0].time_base
+        audio = [f for f in got if f.track.kind == "audio"]
+        assert audio, "no audio reached the viewer"
+        assert all(f.pts * f.time_base >= start for f in audio), (
+            float(start), [float(f.pts * f.time_base) for f in audio[:5]])
+        gop_audio = [f for f in var.gop if f.track.kind == "audio"]
+        assert all(f.pts * f.time_base >= start for f in gop_audio)
+        var.drop_sink("viewer")
+
+    _run(main)
+
+
 def test_a_gop_too_long_to_catch_up_on_waits_for_the_next_keyframe(
         media, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Catching up is bounded: a camera's 60 s GOP would hold up every variant sharing the codec

@@ -68,6 +68,10 @@ class Stream:
         self.gop: list[Frame] = []
         self._gop_bytes = 0
         self.ended = False
+        #: set when the stream ends for any reason: what a publisher's session waits on besides
+        #: its socket, so that it ends with the stream (say, at shutdown), not at its next read
+        self.finished = asyncio.Event()
+        self.end_reason = ""
         self._first_track_at = 0.0  # monotonic time the first track was announced
         self.frames_in = 0
         self.bytes_in = 0
@@ -105,9 +109,22 @@ class Stream:
     # -- publisher side ------------------------------------------------------------------
 
     def set_track(self, track: Track) -> None:
-        """A new or changed codec configuration; sinks get it before the next frame."""
+        """A new or changed codec configuration; sinks get it before the next frame.
+
+        A track that changes *codec* (an h5 publisher's TS going from MPEG-1 to H.264 under a
+        running upload) ends every sink: each was planned for the old codec, and no player
+        follows a codec change mid-stream (jsmpeg, flv.js, ffplay all stop or show garbage).
+        Their viewers are closed with the reason and get a new plan when they play again."""
         if not self.info.tracks:
             self._first_track_at = time.monotonic()
+        old = self.info.tracks.get(track.kind)
+        if old is not None and old.codec != track.codec:
+            reason = (f"the publisher switched its {track.kind} from {old.codec} to {track.codec}; "
+                      f"play again")
+            log.info("%s: %s; %d output(s) ended", self.key, reason, len(self.sinks))
+            self.gop = []
+            self._gop_bytes = 0
+            self._end_sinks(reason)
         self.info.tracks[track.kind] = track
         for sink in list(self.sinks.values()):
             sink.on_track(track)
@@ -205,13 +222,18 @@ class Stream:
         if self.ended:
             return
         self.ended = True
+        self.end_reason = reason
+        self.finished.set()
+        self._end_sinks(reason)
+        self.gop = []
+
+    def _end_sinks(self, reason: str) -> None:
         sinks, self.sinks = list(self.sinks.values()), {}
         for sink in sinks:
             try:
                 sink.on_end(reason)
             except Exception:  # one broken sink must not keep the others from ending
                 log.exception("%s: sink failed while ending", self.key)
-        self.gop = []
 
 
 class Hub:

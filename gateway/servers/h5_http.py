@@ -8,6 +8,7 @@ video + MP2 audio from the planner's ``h5`` variant. Ingest: ``POST`` or WebSock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -18,7 +19,7 @@ from ..ingest.mpegts import TsIngest
 from ..media import StreamInfo
 from ..outputs.jsmpeg import JsmpegOutput
 from ..protocols.mpegts import TsError
-from .http import CORS, CTX, _key, _peer, close_reason, play
+from .http import CORS, CTX, WS_CLOSE_TIMEOUT, _key, _peer, close_reason, play
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,39 @@ async def _pump(read: Read, ingest: TsIngest, idle: float | None) -> None:
         await ingest.feed(data)
 
 
+class _Ended(Exception):
+    """The stream ended under its publisher (the gateway shutting down): the reason."""
+
+
+async def _pump_until_ended(read: Read, ingest: TsIngest, idle: float | None) -> None:
+    """``_pump`` until the publisher ends, or its stream does (``_Ended``). A publisher still
+    sending when the gateway shuts down would otherwise hold the shutdown until its idle
+    timeout (10 s by default; aiohttp waits for running handlers)."""
+    stream = ingest.stream
+    pump = asyncio.ensure_future(_pump(read, ingest, idle))
+    ended = asyncio.ensure_future(stream.finished.wait())
+    try:
+        await asyncio.wait((pump, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ended.cancel()
+        if not pump.done():  # the stream ended, or this session was cancelled (client gone)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump  # no read or demux of this session outlives it
+    if pump.cancelled():
+        raise _Ended(stream.end_reason)
+    pump.result()
+
+
 def _ws_reader(ws: web.WebSocketResponse) -> Read:
     async def read(timeout: float | None) -> bytes:
         while True:
             msg = await ws.receive(timeout=timeout)  # (> 0 from _pump: aiohttp reads 0 as none)
             if msg.type == WSMsgType.BINARY:
                 return msg.data  # type: ignore[no-any-return]
+            if msg.type == WSMsgType.TEXT:  # ignoring it would hold the key with no media
+                raise TsError("a text message: send the MPEG-TS as binary WebSocket messages "
+                              "(an ArrayBuffer or Blob, not a string)")
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return b""
 
@@ -118,19 +146,26 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
     ws: web.WebSocketResponse | None = None
     try:
         if websocket:
-            ws = web.WebSocketResponse(compress=False, max_msg_size=4 << 20)
+            ws = web.WebSocketResponse(compress=False, max_msg_size=4 << 20,
+                                       timeout=WS_CLOSE_TIMEOUT)
             await ws.prepare(request)
             try:
-                await _pump(_ws_reader(ws), ingest, timeout)
+                await _pump_until_ended(_ws_reader(ws), ingest, timeout)
             except TimeoutError:
                 reason = _idle(request, stream, timeout)
                 await ws.close(code=1001, message=close_reason(reason))
+            except _Ended as e:
+                reason = str(e)
+                await ws.close(code=1001, message=close_reason(reason))
             return ws
         try:
-            await _pump(_body_reader(request.content), ingest, timeout)
+            await _pump_until_ended(_body_reader(request.content), ingest, timeout)
         except TimeoutError:
             reason = _idle(request, stream, timeout)
             raise web.HTTPRequestTimeout(text=f"{reason}\n", headers=CORS) from None
+        except _Ended as e:
+            reason = str(e)
+            raise web.HTTPServiceUnavailable(text=f"{reason}\n", headers=CORS) from None
         return web.Response(status=200, text=f"received {ingest.bytes_in} bytes\n", headers=CORS)
     except TsError as e:
         reason = f"bad MPEG-TS: {e}"

@@ -56,6 +56,12 @@ def _peer(request: web.Request) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else "?"
 
 
+#: How long a WebSocket close waits for the peer's reply (aiohttp's default: 10 s). A peer that
+#: never reads (a stalled viewer, a publisher that only sends) would hold the gateway's shutdown
+#: that long, since aiohttp waits for running handlers.
+WS_CLOSE_TIMEOUT = 2.0
+
+
 def close_reason(text: str) -> bytes:
     """A WebSocket close frame carries at most 123 bytes of reason (RFC 6455, 5.5)."""
     data = text.encode()
@@ -97,7 +103,7 @@ async def play(request: web.Request, target: str, sink_key: str,
     assert transport is not None
     resp: web.StreamResponse
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        resp = web.WebSocketResponse(compress=False, max_msg_size=1 << 16)
+        resp = web.WebSocketResponse(compress=False, max_msg_size=1 << 16, timeout=WS_CLOSE_TIMEOUT)
         await resp.prepare(request)
     else:
         resp = web.StreamResponse(headers=headers)

@@ -300,19 +300,26 @@ class AudioTranscoder(CodecStep):
         assert self._resampler is not None and self._fifo is not None
         af.pts = None  # timing is ours; keep FFmpeg from "correcting" it
         for out in self._resampler.resample(af):
-            out.pts = None
-            self._fifo.write(out)
-            self._written += out.samples
+            self._write(out)
         self._res_in += af.samples
         self._expected = (self._expected or 0) + duration
 
     def _flush_resampler(self) -> None:
         if self._resampler is not None and self._fifo is not None:
             for out in self._resampler.resample(None):
-                out.pts = None
-                self._fifo.write(out)
-                self._written += out.samples
+                self._write(out)
         self._resampler, self._res_key = None, None
+
+    def _write(self, out: AudioFrame) -> None:
+        """Into the FIFO in the output's time base. A resampler that has nothing to convert
+        hands back its input, in the decoder's time base, and PyAV's FIFO refuses a frame in
+        another time base than its first: a source switching between such samples and
+        resampled ones (AAC to MP2, say) would fail on every frame after the switch."""
+        assert self._fifo is not None
+        out.pts = None
+        out.time_base = self._out_tb
+        self._fifo.write(out)
+        self._written += out.samples
 
     # -- encoding ---------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Protocol
 
@@ -95,6 +95,10 @@ def transcode_load() -> dict[str, float]:
     return {"used": round(_used(), 2), "capacity": _capacity}
 
 
+#: Plans one kind of a source's tracks again for a variant's target: (its plan, its cost).
+Replan = Callable[[Mapping[str, Track], str], tuple[planner.TrackPlan | None, float]]
+
+
 class TrackWorker(Protocol):
     """What a variant needs from whatever runs one of its steps (thread ``Worker``, ``PoolStep``)."""
 
@@ -107,6 +111,7 @@ class TrackWorker(Protocol):
     shed: int
     errors: int
     timings: Timings
+    failed: str | None  # why the step stopped for good; None while it runs
 
     def submit(self, frame: Frame, replay: bool = False) -> None:
         """Queue ``frame`` (``replay``: from the source's GOP cache, as the variant starts)."""
@@ -145,6 +150,7 @@ class Worker(Admitted):
         self.frames_in = 0
         self.frames_out = 0
         self.timings = Timings()  # the queue is the wait, there is no transport
+        self.failed: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"transcode {name}", daemon=True)
         self._thread.start()
 
@@ -200,7 +206,8 @@ class Worker(Admitted):
                 if out:
                     self.frames_out += len(out)
                     self._post(out)
-        except Exception:
+        except Exception as e:
+            self.failed = f"{type(e).__name__}: {e}"
             log.exception("%s: transcoder failed; track stopped", self.name)
         finally:
             if step is not None:
@@ -220,7 +227,8 @@ class Variant(Stream):
     """The source after one plan; a sink of the source and a stream for its own sinks."""
 
     def __init__(self, source: Stream, plan: planner.Plan, key: object,
-                 factory: StepFactory | None = None, costs: dict[str, float] | None = None) -> None:
+                 factory: StepFactory | None = None, costs: dict[str, float] | None = None,
+                 replan: Replan | None = None) -> None:
         super().__init__(f"{source.key}~{plan.protocol}", StreamInfo(source.info.protocol),
                          source.publisher)
         self.source = source
@@ -229,7 +237,7 @@ class Variant(Stream):
         #: per transcoded kind, ``planner.transcode_cost``: what the variant takes of the
         #: transcode capacity until stopped, and how its steps weigh on a codec process
         self.costs = dict(costs or {})
-        self.cost = sum(self.costs.values())
+        self._replan = replan
         _running.add(self)
         self.info.metadata = dict(source.info.metadata)
         self._factory = factory or _default_factory
@@ -245,11 +253,19 @@ class Variant(Stream):
         # otherwise be lost to every viewer; bounded, oldest dropped
         self._held: collections.deque[Frame] | None = (
             collections.deque(maxlen=HOLD_AUDIO_FRAMES) if "video" in self.workers else None)
+        #: after the first video keyframe, audio older than it that is still being coded (its
+        #: step lags the video's) is dropped too: it would go out behind the keyframe
+        self._audio_from: Fraction | None = None
         for frame in self._catch_up(source.gop):
             self._in(frame, replay=True)
         if self.workers.get("video") is not None and not source.gop:
             source.request_keyframe()  # the video decoder can only start at one
         log.info("%s: variant started: %s", source.key, plan)
+
+    @property
+    def cost(self) -> float:
+        """What the variant takes of the transcode capacity until stopped."""
+        return sum(self.costs.values())
 
     def _catch_up(self, gop: list[Frame]) -> list[Frame]:
         """Start (or restart) the video step at the newest frame of the source's GOP cache: the
@@ -294,6 +310,8 @@ class Variant(Stream):
 
     def _track_in(self, track: Track) -> None:
         tp = self.plan.get(track.kind)
+        if tp is None:
+            tp = self._adopt(track)
         if tp is None or isinstance(tp, planner.Drop):
             return
         if isinstance(tp, planner.PassThrough):
@@ -305,6 +323,29 @@ class Variant(Stream):
             old.stop()
         self.workers[track.kind] = self._worker(f"{self.key} {tp.from_codec}->{tp.to_codec}", tp,
                                                 track)
+
+    def _adopt(self, track: Track) -> planner.TrackPlan | None:
+        """Plan a kind the variant started without. A source's video can show up seconds after
+        its audio (a TS publisher that began mid-GOP is known to have video at its first
+        keyframe), after viewers have settled for audio only: their variant takes the video
+        in now, instead of staying audio-only for its whole life. Its key in the source
+        becomes the full plan's, so later viewers of that plan share it."""
+        if self._replan is None:
+            return None
+        tp, cost = self._replan(self.source.tracks, track.kind)
+        if tp is None:
+            return None
+        self.plan = planner.Plan(self.plan.protocol, {**self.plan.tracks, track.kind: tp})
+        if cost:
+            self.costs[track.kind] = cost
+        key = ("variant", self.plan.variant_key())
+        sinks = self.source.sinks
+        if sinks.get(self.key_in_source) is self and key not in sinks:
+            del sinks[self.key_in_source]
+            sinks[key] = self
+            self.key_in_source = key
+        log.info("%s: %s came after the variant started; now %s", self.key, track.kind, self.plan)
+        return tp
 
     def _worker(self, name: str, tp: planner.Transcode, track: Track) -> TrackWorker:
         """A pool step, unless threads are configured or the factory cannot cross a process."""
@@ -322,8 +363,17 @@ class Variant(Stream):
         return Worker(name, tp, track, self._factory, self._deliver, self._loop)
 
     def on_track(self, track: Track) -> None:
-        if not self.closed:
-            self._track_in(track)
+        """A new track mid-stream (a publisher's new sequence header: other size, sample rate).
+        A running step of the same codec keeps going: it drains its decoder's pictures of the
+        old configuration and opens a new decoder at the track's first keyframe, its encoder
+        and output track unchanged. A new step would lose the frames in flight at the switch,
+        and its viewers would get a new output track (MPEG-1 sequence header, AAC config)."""
+        if self.closed:
+            return
+        w = self.workers.get(track.kind)
+        if w is not None and w.failed is None and w.transcode.from_codec == track.codec:
+            return
+        self._track_in(track)
 
     def on_metadata(self, metadata: dict[str, object]) -> None:
         if not self.closed:
@@ -354,6 +404,10 @@ class Variant(Stream):
     def _out(self, frame: Frame) -> None:
         held = self._held
         if held is None:
+            if self._audio_from is not None and frame.track.kind == "audio":
+                if frame.pts * frame.time_base < self._audio_from:
+                    return
+                self._audio_from = None  # one step's frames come in order: the rest are newer
             self.push(frame)
         elif frame.track.kind == "audio":
             held.append(frame)
@@ -361,9 +415,11 @@ class Variant(Stream):
             self._held = None
             self.push(frame)
             start = frame.pts * frame.time_base
-            for f in held:
-                if f.pts * f.time_base >= start:
-                    self.push(f)
+            released = [f for f in held if f.pts * f.time_base >= start]
+            for f in released:
+                self.push(f)
+            if not released:
+                self._audio_from = start
         else:
             self.push(frame)
 
@@ -469,4 +525,8 @@ def media_for(matrix: planner.Matrix, stream: Stream,
                 f"{stream.key}: the gateway's transcode capacity is in use ({used:.1f} of "
                 f"{_capacity:g}; transcoding this stream for {plan.protocol} needs {cost:.2f}); "
                 f"try again later", CAPACITY_RETRY)
-    return stream.sink(key, lambda s: Variant(s, plan, key, costs=costs)), plan
+    def replan(tracks: Mapping[str, Track], kind: str) -> tuple[planner.TrackPlan | None, float]:
+        tp = planner.plan(matrix, tracks, target).get(kind)
+        return tp, planner.transcode_cost(matrix, tp) if isinstance(tp, planner.Transcode) else 0.0
+
+    return stream.sink(key, lambda s: Variant(s, plan, key, costs=costs, replan=replan)), plan

@@ -297,8 +297,12 @@ class WhepSession(PeerSession):
         answer = await self.answer(offer, chosen, self._add_tracks)
         if self.closed:
             raise SessionError(404, f"stream {self.key} ended")
+        # a kind this answer has no sender for (the source's video came after the viewer
+        # settled for audio) must not be transcoded for it later: the variant plans it a Drop
+        sent = planner.TargetSpec("webrtc", {k: (offers.get(k, []) if k in self.codecs else [])
+                                             for k in {"video", "audio", *offers}})
         try:
-            self.media, _ = media_for(self.matrix, self.source, target)
+            self.media, _ = media_for(self.matrix, self.source, sent)
         except VariantRefused as e:
             raise SessionError(503, str(e)) from None
         self.output = self.media.sink(SINK_KEY, WebRtcOutput)
