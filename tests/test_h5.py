@@ -337,6 +337,39 @@ def test_a_publisher_sending_each_ts_packet_alone(gateway: RunningGateway, how: 
     assert calls <= len(packets) // 10, (calls, len(packets))
 
 
+@pytest.mark.parametrize("pace", ["real-time", "as-fast-as-it-can"])
+def test_an_ffmpeg_post_publish_keeps_its_end_and_finishes_cleanly(
+        gateway: RunningGateway, tmp_path: Path, pace: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The FFmpeg CLI sends its last chunk and closes at once, without reading the reply: aiohttp
+    then cancels the session and makes the body's reads raise "Connection lost". The publish is
+    complete all the same: every frame is taken (a publisher faster than real time lost its
+    last ~2 s: what aiohttp still held), it ends as "publisher finished", not "disconnected",
+    and no "Task exception was never retrieved" lands in the log."""
+    caplog.set_level(logging.INFO)
+    seconds = "2" if pace == "real-time" else "8"
+    src = tmp_path / "src.mkv"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+                    "-f", "lavfi", "-i", "sine", "-t", seconds, "-c:v", "mpeg1video", "-b:v", "6M",
+                    "-bf", "0", "-g", "15", "-c:a", "mp2", str(src)], check=True, timeout=60)
+    remux = ["-c", "copy", "-f", "mpegts"]
+    ts = subprocess.run([FFMPEG, "-v", "error", "-i", str(src), *remux, "-"], capture_output=True,
+                        check=True, timeout=60).stdout
+    offline = TsDemuxer()
+    expected = len(offline.receive_data(ts)) + len(offline.flush())
+    ended: list[tuple[int, str]] = []
+    gateway.call(gateway.gw.hub.subscribe, lambda event, stream: ended.append(
+        (stream.frames_in, stream.end_reason)) if event == "unpublish" else None)
+    key = f"live/tail-{pace}"
+    subprocess.run([FFMPEG, "-v", "error", *(["-re"] if pace == "real-time" else []), "-i",
+                    str(src), *remux, gateway.http_url(f"{key}.ts")], check=True, timeout=60,
+                   stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not ended and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ended == [(expected, "publisher finished")], (ended, expected, len(ts))
+    assert "never retrieved" not in caplog.text, caplog.text
+
+
 def test_ts_ingest_answers_a_cors_preflight(gateway: RunningGateway) -> None:
     """A web page publishing with fetch() is preflighted: OPTIONS must be a 2xx naming the method."""
     req = urllib.request.Request(gateway.http_url("live/page.ts"), method="OPTIONS", headers={

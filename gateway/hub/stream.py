@@ -257,7 +257,8 @@ class Hub:
         if self.streams.get(stream.key) is stream:
             del self.streams[stream.key]
         if not stream.ended:
-            log.info("%s: unpublished: %s", stream.key, reason)
+            log.info("%s: unpublished: %s (%d frames received)", stream.key, reason,
+                     stream.frames_in)
             stream.end(reason)
             self._notify("unpublish", stream)
 

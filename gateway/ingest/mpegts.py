@@ -7,6 +7,7 @@ only moves bytes, and awaiting each chunk gives TCP back-pressure to a too-fast 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 
@@ -32,8 +33,16 @@ class TsIngest:
 
     async def feed(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        loop = asyncio.get_running_loop()
-        self._push(await loop.run_in_executor(None, self._demux, data))
+        demuxed = asyncio.get_running_loop().run_in_executor(None, self._demux, data)
+        try:
+            frames = await asyncio.shield(demuxed)
+        except asyncio.CancelledError:
+            # the session is being torn down (its publisher closed right after its last piece):
+            # the thread demuxes this piece anyway, in a few ms; its frames are not lost
+            with contextlib.suppress(Exception):
+                self._push(await demuxed)
+            raise
+        self._push(frames)
 
     def feed_now(self, data: bytes) -> None:
         """Demux a small last piece on the caller's thread: no await, so a session that is

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import StreamReader, WSCloseCode, WSMsgType, web
 
@@ -49,35 +49,54 @@ def _idle(request: web.Request, stream: Stream, timeout: float | None) -> str:
     return reason
 
 
-#: The publisher's next piece of TS (a WebSocket message, a read of the body), ``b""`` at its
-#: end; ``TimeoutError`` when none comes within the given seconds (None: no limit).
-Read = Callable[[float | None], Awaitable[bytes]]
+class Reader(Protocol):
+    """A publisher's TS as pieces: a WebSocket's messages, or reads of a POST/PUT body."""
+
+    async def read(self, timeout: float | None) -> bytes:
+        """The next piece, ``b""`` at the end; ``TimeoutError`` when none comes within
+        ``timeout`` s (None: no limit)."""
+
+    def rest(self) -> bytes:
+        """What the transport still holds of a publish its publisher ended properly, once its
+        session is being torn down (``b""`` if none)."""
+
+    @property
+    def complete(self) -> bool:
+        """The publisher ended its publish properly (last chunk, close frame), even if its
+        connection is gone since."""
 
 
-async def _pump(read: Read, ingest: TsIngest, idle: float | None) -> None:
+async def _pump(reader: Reader, ingest: TsIngest, idle: float | None) -> None:
     """Feed what the publisher sends until it ends (``TimeoutError``: idle for ``idle`` s).
 
     Small pieces are gathered up to ``COALESCE_BYTES`` or ``COALESCE`` s: a client may send each
     188-byte packet alone, and one trip to the demuxing thread per piece cost a 2 Mbit/s
     publisher 10-11% of a core over a WebSocket, 6.6% over a chunked POST (~4% gathered).
+    What has been read is demuxed whatever ends the pump (the session cancelled when the
+    publisher closes its connection right after its last chunk, as the FFmpeg CLI does).
     """
     loop = asyncio.get_running_loop()
     while True:
-        first = await read(idle)
+        first = await reader.read(idle)
         if not first:
             return
         parts, size, ended = [first], len(first), False
         end = loop.time() + COALESCE
-        while size < COALESCE_BYTES and (left := end - loop.time()) > 0:
-            try:
-                more = await read(left)
-            except TimeoutError:
-                break
-            if not more:
-                ended = True
-                break
-            parts.append(more)
-            size += len(more)
+        try:
+            while size < COALESCE_BYTES and (left := end - loop.time()) > 0:
+                try:
+                    more = await reader.read(left)
+                except TimeoutError:
+                    break
+                if not more:
+                    ended = True
+                    break
+                parts.append(more)
+                size += len(more)
+        except BaseException:
+            with contextlib.suppress(TsError):  # (the reason the pump ends stays the first one)
+                ingest.feed_now(b"".join(parts))  # no await: it cannot be cancelled half-way
+            raise
         data = b"".join(parts)
         if ended:  # demuxed here, where the closing session cannot be cancelled before finish()
             ingest.feed_now(data)
@@ -89,12 +108,12 @@ class _Ended(Exception):
     """The stream ended under its publisher (the gateway shutting down): the reason."""
 
 
-async def _pump_until_ended(read: Read, ingest: TsIngest, idle: float | None) -> None:
+async def _pump_until_ended(reader: Reader, ingest: TsIngest, idle: float | None) -> None:
     """``_pump`` until the publisher ends, or its stream does (``_Ended``). A publisher still
     sending when the gateway shuts down would otherwise hold the shutdown until its idle
     timeout (10 s by default; aiohttp waits for running handlers)."""
     stream = ingest.stream
-    pump = asyncio.ensure_future(_pump(read, ingest, idle))
+    pump = asyncio.ensure_future(_pump(reader, ingest, idle))
     ended = asyncio.ensure_future(stream.finished.wait())
     try:
         await asyncio.wait((pump, ended), return_when=asyncio.FIRST_COMPLETED)
@@ -102,34 +121,79 @@ async def _pump_until_ended(read: Read, ingest: TsIngest, idle: float | None) ->
         ended.cancel()
         if not pump.done():  # the stream ended, or this session was cancelled (client gone)
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump  # no read or demux of this session outlives it
+            if reader.complete and not stream.ended:
+                with contextlib.suppress(TsError):
+                    ingest.feed_now(reader.rest())  # the publisher's last piece, still unread
+        elif not pump.cancelled():
+            pump.exception()  # seen here, or raised below: never "exception was never retrieved"
     if pump.cancelled():
         raise _Ended(stream.end_reason)
     pump.result()
 
 
-def _ws_reader(ws: web.WebSocketResponse) -> Read:
-    async def read(timeout: float | None) -> bytes:
+class _WsReader:
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.complete = False
+
+    async def read(self, timeout: float | None) -> bytes:
         while True:
-            msg = await ws.receive(timeout=timeout)  # (> 0 from _pump: aiohttp reads 0 as none)
+            # (timeout > 0 from _pump: aiohttp reads 0 as none)
+            msg = await self.ws.receive(timeout=timeout)
             if msg.type == WSMsgType.BINARY:
                 return msg.data  # type: ignore[no-any-return]
             if msg.type == WSMsgType.TEXT:  # ignoring it would hold the key with no media
                 raise TsError("a text message: send the MPEG-TS as binary WebSocket messages "
                               "(an ArrayBuffer or Blob, not a string)")
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                self.complete = msg.type == WSMsgType.CLOSE
                 return b""
 
-    return read
+    def rest(self) -> bytes:
+        return b""  # aiohttp hands out the messages it has before the close
 
 
-def _body_reader(content: StreamReader) -> Read:
-    async def read(timeout: float | None) -> bytes:
-        async with asyncio.timeout(timeout):  # (a cancelled read leaves the data buffered)
-            return await content.read(READ_CHUNK)
+class _BodyReader:
+    """A chunked (or sized) POST/PUT body.
 
-    return read
+    The FFmpeg CLI sends its last chunk and closes its connection without reading the reply.
+    aiohttp then cancels the session and makes every read of the body raise "Connection lost",
+    even though the body is complete and part of it is still buffered: up to ~128 KiB for a
+    publisher faster than real time. ``rest`` takes that part, so no complete publish loses its
+    end.
+    """
+
+    def __init__(self, content: StreamReader) -> None:
+        self.content = content
+        self._rest_taken = False
+
+    @property
+    def complete(self) -> bool:
+        return self.content.is_eof()
+
+    async def read(self, timeout: float | None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):  # (a cancelled read leaves the data buffered)
+                return await self.content.read(READ_CHUNK)
+        except ConnectionResetError:
+            if self.complete:
+                return self.rest()
+            raise
+
+    def rest(self) -> bytes:
+        content = self.content
+        if self._rest_taken or not self.complete:
+            return b""
+        self._rest_taken = True
+        # aiohttp has no public way to read a body past the exception it set at the close
+        exc = content.exception()
+        content._exception = None  # type: ignore[attr-defined]
+        try:
+            return content.read_nowait(-1)
+        finally:
+            content._exception = exc  # type: ignore[attr-defined]
 
 
 async def ts_ingest(request: web.Request) -> web.StreamResponse:
@@ -144,13 +208,14 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
     timeout = request.app[CTX].config.publish_timeout or None
     reason = "publisher finished"
     ws: web.WebSocketResponse | None = None
+    body: _BodyReader | None = None
     try:
         if websocket:
             ws = web.WebSocketResponse(compress=False, max_msg_size=4 << 20,
                                        timeout=WS_CLOSE_TIMEOUT)
             await ws.prepare(request)
             try:
-                await _pump_until_ended(_ws_reader(ws), ingest, timeout)
+                await _pump_until_ended(_WsReader(ws), ingest, timeout)
             except TimeoutError:
                 reason = _idle(request, stream, timeout)
                 await ws.close(code=1001, message=close_reason(reason))
@@ -158,8 +223,9 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
                 reason = str(e)
                 await ws.close(code=1001, message=close_reason(reason))
             return ws
+        body = _BodyReader(request.content)
         try:
-            await _pump_until_ended(_body_reader(request.content), ingest, timeout)
+            await _pump_until_ended(body, ingest, timeout)
         except TimeoutError:
             reason = _idle(request, stream, timeout)
             raise web.HTTPRequestTimeout(text=f"{reason}\n", headers=CORS) from None
@@ -175,7 +241,9 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
             return ws
         raise web.HTTPBadRequest(text=f"{reason}\n", headers=CORS) from None
     except (ConnectionError, asyncio.CancelledError):
-        reason = "publisher disconnected"
+        # the FFmpeg CLI closes right after its last chunk: that publish finished
+        complete = body is not None and body.complete
+        reason = "publisher finished" if complete else "publisher disconnected"
         raise
     finally:
         ingest.finish()
