@@ -337,16 +337,17 @@ def test_a_publisher_sending_each_ts_packet_alone(gateway: RunningGateway, how: 
     assert calls <= len(packets) // 10, (calls, len(packets))
 
 
-@pytest.mark.parametrize("pace", ["real-time", "as-fast-as-it-can"])
-def test_an_ffmpeg_post_publish_keeps_its_end_and_finishes_cleanly(
-        gateway: RunningGateway, tmp_path: Path, pace: str, caplog: pytest.LogCaptureFixture) -> None:
-    """The FFmpeg CLI sends its last chunk and closes at once, without reading the reply: aiohttp
-    then cancels the session and makes the body's reads raise "Connection lost". The publish is
-    complete all the same: every frame is taken (a publisher faster than real time lost its
-    last ~2 s: what aiohttp still held), it ends as "publisher finished", not "disconnected",
-    and no "Task exception was never retrieved" lands in the log."""
+@pytest.mark.parametrize("how", ["post-real-time", "post-as-fast-as-it-can", "websocket"])
+def test_a_publish_its_publisher_ends_keeps_its_end_and_finishes_cleanly(
+        gateway: RunningGateway, tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The FFmpeg CLI sends its last chunk and closes at once, without reading the reply; a
+    WebSocket client closes its connection right after the close handshake. aiohttp then
+    cancels the session (and makes the body's reads raise "Connection lost"). The publish is
+    complete all the same: every frame is taken (a POST faster than real time lost its last
+    ~2 s: what aiohttp still held), it ends as "publisher finished", not "disconnected", and
+    no "Task exception was never retrieved" lands in the log."""
     caplog.set_level(logging.INFO)
-    seconds = "2" if pace == "real-time" else "8"
+    seconds = "2" if how == "post-real-time" else "8"
     src = tmp_path / "src.mkv"
     subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
                     "-f", "lavfi", "-i", "sine", "-t", seconds, "-c:v", "mpeg1video", "-b:v", "6M",
@@ -359,10 +360,18 @@ def test_an_ffmpeg_post_publish_keeps_its_end_and_finishes_cleanly(
     ended: list[tuple[int, str]] = []
     gateway.call(gateway.gw.hub.subscribe, lambda event, stream: ended.append(
         (stream.frames_in, stream.end_reason)) if event == "unpublish" else None)
-    key = f"live/tail-{pace}"
-    subprocess.run([FFMPEG, "-v", "error", *(["-re"] if pace == "real-time" else []), "-i",
-                    str(src), *remux, gateway.http_url(f"{key}.ts")], check=True, timeout=60,
-                   stdin=subprocess.DEVNULL)
+    key = f"live/tail-{how}"
+    if how == "websocket":
+        async def send() -> None:
+            async with aiohttp.ClientSession() as s:
+                async with s.ws_connect(gateway.ws_url(f"{key}.ts")) as ws:
+                    for i in range(0, len(ts), 13160):
+                        await ws.send_bytes(ts[i:i + 13160])
+        asyncio.run(send())
+    else:
+        subprocess.run([FFMPEG, "-v", "error", *(["-re"] if how == "post-real-time" else []),
+                        "-i", str(src), *remux, gateway.http_url(f"{key}.ts")], check=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not ended and time.monotonic() < deadline:
         time.sleep(0.05)

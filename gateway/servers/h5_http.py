@@ -208,14 +208,15 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
     timeout = request.app[CTX].config.publish_timeout or None
     reason = "publisher finished"
     ws: web.WebSocketResponse | None = None
-    body: _BodyReader | None = None
+    reader: Reader | None = None
     try:
         if websocket:
             ws = web.WebSocketResponse(compress=False, max_msg_size=4 << 20,
                                        timeout=WS_CLOSE_TIMEOUT)
             await ws.prepare(request)
             try:
-                await _pump_until_ended(_WsReader(ws), ingest, timeout)
+                reader = _WsReader(ws)
+                await _pump_until_ended(reader, ingest, timeout)
             except TimeoutError:
                 reason = _idle(request, stream, timeout)
                 await ws.close(code=1001, message=close_reason(reason))
@@ -223,9 +224,9 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
                 reason = str(e)
                 await ws.close(code=1001, message=close_reason(reason))
             return ws
-        body = _BodyReader(request.content)
+        reader = _BodyReader(request.content)
         try:
-            await _pump_until_ended(body, ingest, timeout)
+            await _pump_until_ended(reader, ingest, timeout)
         except TimeoutError:
             reason = _idle(request, stream, timeout)
             raise web.HTTPRequestTimeout(text=f"{reason}\n", headers=CORS) from None
@@ -241,8 +242,9 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
             return ws
         raise web.HTTPBadRequest(text=f"{reason}\n", headers=CORS) from None
     except (ConnectionError, asyncio.CancelledError):
-        # the FFmpeg CLI closes right after its last chunk: that publish finished
-        complete = body is not None and body.complete
+        # the FFmpeg CLI closes right after its last chunk, a WebSocket client right after the
+        # close handshake: that publish finished
+        complete = reader is not None and reader.complete
         reason = "publisher finished" if complete else "publisher disconnected"
         raise
     finally:
