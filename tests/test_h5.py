@@ -567,23 +567,24 @@ def test_a_publisher_switching_codec_ends_its_viewers_with_the_reason(gateway: R
     publisher.join(15)
 
 
-def _late_video_ts(seconds: int = 7) -> bytes:
-    """An MPEG-1/MP2 TS whose first GOP's video is lost, as a publisher that starts mid-GOP
-    (``ffmpeg -c copy`` from a camera, or lost packets) sends it: audio from 0 s, video from its
-    next sequence header at 2 s."""
+def _late_video_ts(seconds: int = 7, video: str = "mpeg1video") -> bytes:
+    """An ``video``/MP2 TS whose first GOP's video is lost, as a publisher that starts mid-GOP
+    (``ffmpeg -c:v copy`` from a camera, or lost packets) sends it: audio from 0 s, video from
+    its next keyframe at 2 s."""
     ts = subprocess.run(
         [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi",
-         "-i", "sine=sample_rate=44100", "-t", str(seconds), "-c:v", "mpeg1video", "-bf", "0",
+         "-i", "sine=sample_rate=44100", "-t", str(seconds), "-c:v", video, "-bf", "0",
          "-g", "60", "-c:a", "mp2", "-f", "mpegts", "-"], capture_output=True, check=True,
         timeout=60).stdout
     video_pid = 0x100  # FFmpeg's first PID
-    headers, body = 0, bytearray()
+    keys, body = 0, bytearray()
     for i in range(0, len(ts), 188):
         p = ts[i:i + 188]
         if ((p[1] & 0x1F) << 8 | p[2]) == video_pid:
-            if p[1] & 0x40 and b"\x00\x00\x01\xb3" in p:
-                headers += 1
-            if headers < 2:
+            # a keyframe's first packet: FFmpeg sets the random access indicator on it
+            if p[1] & 0x40 and p[3] & 0x20 and p[4] and p[5] & 0x40:
+                keys += 1
+            if keys < 2:
                 continue
         body += p
     return bytes(body)
@@ -611,6 +612,22 @@ def test_video_that_starts_after_the_viewers_joins_their_variant(gateway: Runnin
     assert p.codecs == {"video": "h264", "audio": "aac"}, p.codecs
     assert len(p.video_dts) >= 60, len(p.video_dts)  # from 2 s on, at 30 fps
     assert not p.decode_errors, p.decode_errors
+    publisher.join(15)
+
+
+def test_late_h264_reaches_a_jsmpeg_viewer_that_joined_on_the_audio(gateway: RunningGateway) -> None:
+    """An IP camera relayed by ``ffmpeg -i rtsp://... -c:v copy -f mpegts URL``: H.264 copied
+    (from mid-GOP: video only from its first keyframe) and MP2 audio (FFmpeg's default for TS).
+    A jsmpeg viewer that came before the video was planned on the MP2 alone, which passes
+    through, so it was attached to the source itself, and the H.264 that followed was skipped
+    for it (jsmpeg cannot carry it): 0 pictures for the viewer's whole life. A source with one
+    track so far now gets a relaying variant, which takes the video in (H.264 -> MPEG-1)."""
+    publisher = _publish_late_video(gateway, "live/camjs", _late_video_ts(video="libx264"), 7.0)
+    data = asyncio.run(ws_collect(gateway.ws_url("live/camjs.jsmpeg"), 4.5))
+    decoded = _decode_ts(data)
+    assert decoded["codecs"][0] == {"video": "mpeg1video", "audio": "mp2"}, decoded["codecs"]
+    assert len(decoded["video"]) >= 45, len(decoded["video"])  # from ~2.5 s on, at 30 fps
+    assert len(decoded["audio"]) >= 100, len(decoded["audio"])
     publisher.join(15)
 
 

@@ -160,9 +160,9 @@ class _BodyReader:
 
     The FFmpeg CLI sends its last chunk and closes its connection without reading the reply.
     aiohttp then cancels the session and makes every read of the body raise "Connection lost",
-    even though the body is complete and part of it is still buffered: up to ~128 KiB for a
-    publisher faster than real time. ``rest`` takes that part, so no complete publish loses its
-    end.
+    even though the body is complete and part of it is still buffered (for a publisher faster
+    than real time ~0.5 MB: the last 1.8 s of a 2.2 Mbit/s stream were lost). ``rest`` takes
+    that part, so no complete publish loses its end.
     """
 
     def __init__(self, content: StreamReader) -> None:
@@ -192,6 +192,8 @@ class _BodyReader:
         content._exception = None  # type: ignore[attr-defined]
         try:
             return content.read_nowait(-1)
+        except RuntimeError:  # a read still waiting: nothing can be taken past it
+            return b""
         finally:
             content._exception = exc  # type: ignore[attr-defined]
 

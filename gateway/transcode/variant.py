@@ -504,9 +504,14 @@ def media_for(matrix: planner.Matrix, stream: Stream,
               target: str | planner.TargetSpec) -> tuple[Stream, planner.Plan]:
     """The stream a viewer of ``target`` should attach to: the source itself when every track
     passes through, else the shared variant for this plan (started now if it is the first;
-    ``VariantRefused`` while that transcode of this stream is cooling down after crashes)."""
+    ``VariantRefused`` while that transcode of this stream is cooling down after crashes).
+
+    A source with one track so far gets a variant even when that track passes through (it
+    costs no codec: it only relays): its other track may still come (a TS publisher that began
+    mid-GOP has video from its first keyframe, seconds after the audio), and may need a
+    transcode for this viewer (H.264 for jsmpeg), which only a variant can adopt."""
     plan = planner.plan(matrix, stream.tracks, target)
-    if plan.passthrough_all:
+    if plan.passthrough_all and len(stream.tracks) >= 2:
         return stream, plan
     key = ("variant", plan.variant_key())
     running = stream.sinks.get(key)
