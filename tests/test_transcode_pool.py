@@ -760,3 +760,39 @@ def test_prestart_starts_the_processes_with_the_gateway() -> None:
         assert not procs[0].is_alive()
 
     _run(main)
+
+
+def test_a_one_track_source_gets_a_relay_that_costs_nothing_and_is_never_refused(
+        media, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer of a source with one track so far is attached to a relaying variant, so that
+    the other track, if it comes, can be adopted (transcoded where needed). The relay runs no
+    codec: it counts nothing against the transcode capacity and is served even when adopted
+    tracks have taken the capacity past its limit."""
+    vt, vframes = media["video"]
+    matrix = planner.load_matrix()
+
+    async def main() -> None:
+        monkeypatch.setattr(variant_mod, "_processes", 0)  # threads: no process start-up
+        other = Stream("live/busy", StreamInfo("rtmp"), "test")
+        other.set_track(vt)
+        other.set_track(media["audio"][0])
+        busy, _ = variant_mod.media_for(matrix, other, "h5")  # H.264 -> MPEG-1 + AAC -> MP2
+        assert isinstance(busy, variant_mod.Variant) and busy.cost > 0.1
+        monkeypatch.setattr(variant_mod, "_capacity", 0.1)  # now past the limit
+        with pytest.raises(variant_mod.VariantRefused):
+            variant_mod.media_for(matrix, other, "webrtc")  # a new transcode is refused
+        source = Stream("live/relay", StreamInfo("rtmp"), "test")
+        source.set_track(vt)  # video only, so far
+        media_, plan = variant_mod.media_for(matrix, source, "rtmp")
+        assert plan.passthrough_all and isinstance(media_, variant_mod.Variant)
+        assert media_.cost == 0 and not media_.workers
+        viewer = media_.sink("viewer", lambda s: _Collect())
+        for f in vframes[:10]:
+            source.push(f)
+        assert [f.data for f in viewer.frames] == [f.data for f in vframes[:10]]  # as they are
+        again, _ = variant_mod.media_for(matrix, source, "rtmp")
+        assert again is media_  # shared by the plan's viewers
+        media_.drop_sink("viewer")
+        other.end("test over")
+
+    _run(main)

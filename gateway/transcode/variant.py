@@ -523,7 +523,7 @@ def media_for(matrix: planner.Matrix, stream: Stream,
                              f"try again in {wait:.0f} s", wait)
     costs = {t.kind: planner.transcode_cost(matrix, t) for t in plan.transcodes}
     cost = sum(costs.values())
-    if _capacity > 0:
+    if _capacity > 0 and cost > 0:  # (a relay of a one-track source costs nothing)
         used = _used()
         if used + cost > _capacity + 1e-9:  # (the caller logs the refusal)
             raise VariantRefused(
