@@ -260,7 +260,8 @@ class Variant(Stream):
             self._in(frame, replay=True)
         if self.workers.get("video") is not None and not source.gop:
             source.request_keyframe()  # the video decoder can only start at one
-        log.info("%s: variant started: %s", source.key, plan)
+        what = "variant" if plan.transcodes else "relay (no codec; a late track joins it)"
+        log.info("%s: %s started: %s", source.key, what, plan)
 
     @property
     def cost(self) -> float:
