@@ -26,6 +26,7 @@ import pytest
 from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway, _start_gateway, kill_while_coding
 from flvcheck import assert_cut_off, capture, probe, ws_collect
 from gateway.config import Config
+from gateway.hub import stream as stream_mod
 from gateway.protocols import flv
 from gateway.protocols.mpegts import TsDemuxer
 from gateway.transcode import pool as pool_mod
@@ -470,19 +471,24 @@ def test_an_unsupported_codec_in_the_ts_is_named_in_the_log(gateway: RunningGate
 
 
 def _post_paced(gateway: RunningGateway, key: str, body: bytes, seconds: float, *,
-                chunk: int = 188 * 50, hold: float = 0.0) -> threading.Thread:
+                chunk: int = 188 * 50, hold: float = 0.0,
+                head: tuple[int, float] | None = None) -> threading.Thread:
     """A live h5 publisher: ``body`` as one chunked POST to ``/{key}.ts`` over ``seconds`` (real
-    time), the stream kept up ``hold`` s more; sent from a thread, which is returned started."""
+    time), the stream kept up ``hold`` s more; sent from a thread, which is returned started.
+    ``head``: (bytes, seconds) of the body's start paced on their own (an audio-only start is
+    far fewer bytes a second than the rest)."""
     def send() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
         conn.putrequest("POST", f"/{key}.ts")
         conn.putheader("Transfer-Encoding", "chunked")
         conn.endheaders()
-        pace = seconds / (len(body) / chunk)
-        for i in range(0, len(body), chunk):
-            part = body[i:i + chunk]
-            conn.send(b"%x\r\n%b\r\n" % (len(part), part))
-            time.sleep(pace)
+        cut, first = head or (0, 0.0)
+        for part_body, secs in ((body[:cut], first), (body[cut:], seconds - first)):
+            pace = secs / max(1.0, len(part_body) / chunk)
+            for i in range(0, len(part_body), chunk):
+                part = part_body[i:i + chunk]
+                conn.send(b"%x\r\n%b\r\n" % (len(part), part))
+                time.sleep(pace)
         time.sleep(hold)
         conn.send(b"0\r\n\r\n")
         conn.getresponse().read()
@@ -590,15 +596,26 @@ def _late_video_ts(seconds: int = 7, video: str = "mpeg1video") -> bytes:
     return bytes(body)
 
 
+@pytest.fixture
+def settle_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Viewers settle for the first track 0.5 s after it, though the TS announces the other:
+    the path of a track later than ``SETTLE_ANNOUNCED`` (a GOP longer than that)."""
+    monkeypatch.setattr(stream_mod, "SETTLE_ANNOUNCED", 0.5)
+
+
 def _publish_late_video(gateway: RunningGateway, key: str, body: bytes, seconds: float) -> threading.Thread:
-    """``_post_paced``, returning once the audio is live and the video is not yet."""
-    publisher = _post_paced(gateway, key, body, seconds, chunk=188 * 20)
+    """``_post_paced``, returning once the audio is live and the video is not yet; the audio
+    alone before the video (2 s of it, see ``_late_video_ts``) takes 2 s."""
+    first_video = next(i for i in range(0, len(body), 188)
+                       if ((body[i + 1] & 0x1F) << 8 | body[i + 2]) == 0x100)
+    publisher = _post_paced(gateway, key, body, seconds, chunk=188 * 20, head=(first_video, 2.0))
     gateway.wait_stream(key, timeout=10, video=False, tracks=1)
     time.sleep(0.2)
     assert "video" not in gateway.gw.hub.streams[key].tracks  # the viewer comes first
     return publisher
 
 
+@pytest.mark.usefixtures("settle_early")
 def test_video_that_starts_after_the_viewers_joins_their_variant(gateway: RunningGateway,
                                                                  tmp_path: Path) -> None:
     """An HTTP-FLV viewer that joined between the audio and the video settled for the audio
@@ -615,6 +632,7 @@ def test_video_that_starts_after_the_viewers_joins_their_variant(gateway: Runnin
     publisher.join(15)
 
 
+@pytest.mark.usefixtures("settle_early")
 def test_late_h264_reaches_a_jsmpeg_viewer_that_joined_on_the_audio(gateway: RunningGateway) -> None:
     """An IP camera relayed by ``ffmpeg -i rtsp://... -c:v copy -f mpegts URL``: H.264 copied
     (from mid-GOP: video only from its first keyframe) and MP2 audio (FFmpeg's default for TS).
@@ -631,6 +649,41 @@ def test_late_h264_reaches_a_jsmpeg_viewer_that_joined_on_the_audio(gateway: Run
     publisher.join(15)
 
 
+def test_a_browser_flv_viewer_that_comes_before_a_ts_publishers_video_gets_the_video(
+        gateway: RunningGateway) -> None:
+    """A TS publisher's PMT announces its video before the video's first keyframe comes (a
+    camera relayed with ``-c:v copy`` starts mid-GOP): a viewer now waits for it. A browser's
+    HTTP-FLV player (mpegts.js on Media Source Extensions) planned on the audio alone got the
+    video after its audio had started and failed (``MediaError MediaMSEError``). And the FLV
+    header names the AAC still being coded from the MP2: without it the player failed the
+    same way when the audio came after the video."""
+    from browser import Chromium, require_chromium
+    from gateway.static import find_asset
+
+    exe = require_chromium()
+    if find_asset("mpegts.js") is None:
+        pytest.skip("mpegts.js is not installed (npm ci; see gateway/static/README.md)")
+    body = _late_video_ts(video="libx264")  # H.264 from 2 s on, MP2 (-> AAC) from 0 s
+
+    async def main() -> None:
+        async with Chromium(exe) as b:  # started first: the page opens before the video comes
+            publisher = await asyncio.to_thread(_publish_late_video, gateway, "live/flvlate", body,
+                                                7.0)
+            await b.open(gateway.http_url("live/flvlate.html?player=flv"))
+            await b.wait_for("video.videoWidth > 0 || window.player.state === 'error'", timeout=15)
+            assert await b.evaluate("window.player.error") == ""
+            assert await b.evaluate("video.videoWidth") == 320
+            t0 = await b.evaluate("video.currentTime")
+            await asyncio.sleep(1.0)
+            assert await b.evaluate("video.currentTime") > t0 + 0.5
+            assert await b.evaluate("window.player.error") == ""
+            assert await b.evaluate("video.webkitAudioDecodedByteCount") > 0  # sound too
+            await asyncio.to_thread(publisher.join, 15)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+@pytest.mark.usefixtures("settle_early")
 def test_late_video_is_not_transcoded_for_a_webrtc_viewer_with_no_video_sender(
         gateway: RunningGateway) -> None:
     """A WHEP viewer answered while the source had audio only has no video sender: the video

@@ -251,3 +251,41 @@ def test_wait_settled_waits_for_both_kinds_and_says_what_is_wrong(monkeypatch: p
             await s.wait_settled(0.1)
 
     asyncio.run(run())
+
+
+def test_a_viewer_waits_for_an_announced_kind_and_not_for_an_unannounced_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publisher that announces its kinds (a TS's PMT) holds a viewer's plan until each is
+    known, up to ``SETTLE_ANNOUNCED`` after the first track, past ``SETTLE`` and past the wait's
+    own timeout: a TS publisher that started mid-GOP has its video seconds after the audio, and
+    a browser's FLV player cannot take video that starts after its audio. One announced kind
+    alone settles at once."""
+    import asyncio
+
+    from gateway.hub import stream as stream_mod
+
+    monkeypatch.setattr(stream_mod, "SETTLE", 0.1)
+    monkeypatch.setattr(stream_mod, "SETTLE_ANNOUNCED", 0.6)
+
+    async def run() -> None:
+        hub = Hub()
+        loop = asyncio.get_running_loop()
+        s = hub.publish("live/ts", StreamInfo("h5"), "test")
+        s.expect(frozenset({"audio", "video"}))
+        s.set_track(Track(kind="audio", codec="mp2"))
+        loop.call_later(0.3, s.set_track, Track(kind="video", codec="h264"))
+        t0 = loop.time()
+        await s.wait_settled(0.05)
+        assert "video" in s.tracks and 0.25 < loop.time() - t0 < 0.5  # waited for the video
+        never = hub.publish("live/never", StreamInfo("h5"), "test")
+        never.expect(frozenset({"audio", "video"}))
+        never.set_track(Track(kind="audio", codec="mp2"))
+        t0 = loop.time()
+        await never.wait_settled(0.05)
+        assert 0.55 < loop.time() - t0 < 0.9 and never.settled()  # bounded: audio alone then
+        radio = hub.publish("live/radio", StreamInfo("h5"), "test")
+        radio.expect(frozenset({"audio"}))
+        radio.set_track(Track(kind="audio", codec="mp2"))
+        assert radio.settled()  # all it announced: no wait at all
+
+    asyncio.run(run())

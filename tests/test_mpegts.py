@@ -564,10 +564,12 @@ def test_mpeg2_video_and_mp3_under_taken_stream_types_are_listed_too(tmp_path: P
     d, frames = demux_all(_ffmpeg_ts(tmp_path / "m2.ts", mpeg2, ["-c:a", "mp2"], 1).read_bytes())
     assert list(d.unsupported.values()) == [(0x02, "MPEG-2 video")]
     assert {f.track.codec for f in frames} == {"mp2"}
+    assert d.announced == {"audio"}  # viewers must not wait for a video that cannot come
     mp3 = ["-c:a", "libmp3lame"]
     d, frames = demux_all(_ffmpeg_ts(tmp_path / "mp3.ts", ["-c:v", "mpeg1video"], mp3, 1).read_bytes())
     assert list(d.unsupported.values()) == [(0x03, "MPEG audio layer III (MP3)")]
     assert {f.track.codec for f in frames} == {"mpeg1video"}
+    assert d.announced == {"video"}
     with pytest.raises(TsError, match=r"no stream the gateway can take: .*") as e:
         demux_all(_ffmpeg_ts(tmp_path / "both.ts", mpeg2, mp3, 1).read_bytes())
     assert "MPEG-2 video (PID 256)" in str(e.value) and "layer III (MP3) (PID 257)" in str(e.value)
@@ -634,3 +636,17 @@ def test_valid_stream_demuxes() -> None:
     assert kinds.count(("h264", True)) == 2 and kinds.count(("h264", False)) == 4
     assert kinds.count(("aac", True)) == 6
     assert ("mpeg1video", True) in kinds and ("mp2", True) in kinds
+
+
+def test_the_pmt_announces_the_kinds_before_their_first_frames(ts_files: dict[str, Path]) -> None:
+    """What a publisher will send, known from its PMT (the first packets), not from its first
+    frames: the hub lets a viewer wait for an announced kind (``Stream.expect``)."""
+    data = ts_files["h264"].read_bytes()
+    d = TsDemuxer()
+    frames = d.receive_data(data[:188 * 3])  # PAT, PMT and one packet: no frame yet
+    assert not frames and not d.tracks
+    assert d.announced == {"video", "audio"}
+    audio_only = TsMuxer({"audio": Track(kind="audio", codec="mp2", sample_rate=44100, channels=2)})
+    d = TsDemuxer()
+    d.receive_data(audio_only.header() * 2)  # (the demuxer syncs on a few packets first)
+    assert d.announced == {"audio"}

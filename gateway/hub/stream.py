@@ -52,6 +52,12 @@ S = TypeVar("S", bound=Sink)
 #: connection is up, which can take longer than that after the publish itself).
 SETTLE = 1.0
 SETTLE_WAIT = 3.0  # s a viewer waits at most for the first track
+#: ... unless the publisher announced its kinds (a TS's PMT lists its streams): then a viewer
+#: waits for an announced kind up to this long after the first track, to cover a publisher
+#: that started mid-GOP (its video is known at its first keyframe, seconds after the audio).
+#: A browser's HTTP-FLV player (mpegts.js on Media Source Extensions) cannot take video that
+#: starts after its audio; one announced kind alone settles at once.
+SETTLE_ANNOUNCED = 4.0
 
 MAX_GOP_FRAMES = 3000  # ~100 s at 30 fps; a source without keyframes must not grow memory
 MAX_GOP_BYTES = 32 << 20
@@ -73,6 +79,8 @@ class Stream:
         self.finished = asyncio.Event()
         self.end_reason = ""
         self._first_track_at = 0.0  # monotonic time the first track was announced
+        #: the kinds the publisher says it sends (``expect``), empty when it does not say
+        self.announced: frozenset[str] = frozenset()
         self.frames_in = 0
         self.bytes_in = 0
         self._rate: dict[str, list[float]] = {}  # kind -> [first ms, last ms, bytes]
@@ -88,18 +96,37 @@ class Stream:
     def has_video(self) -> bool:
         return "video" in self.info.tracks
 
+    def output_kinds(self) -> frozenset[str]:
+        """The kinds this stream sends or will send to its sinks (a variant: those its plan
+        produces, before its encoders' first output)."""
+        return frozenset(self.info.tracks)
+
+    def expect(self, kinds: frozenset[str]) -> None:
+        """The kinds the publisher announces (see ``SETTLE_ANNOUNCED``)."""
+        self.announced = kinds
+
     def settled(self) -> bool:
         """Whether the publisher's tracks are all known (see ``SETTLE``): video and audio, or
-        one of them, announced ``SETTLE`` ago."""
+        one of them, announced ``SETTLE`` ago (``SETTLE_ANNOUNCED`` while the publisher has
+        announced a kind still unknown; at once when it announced that one only)."""
         n = len(self.info.tracks)
-        return n >= 2 or (n == 1 and time.monotonic() - self._first_track_at >= SETTLE)
+        if n >= 2:
+            return True
+        if n == 0:
+            return False
+        waited = time.monotonic() - self._first_track_at
+        if self.announced:
+            return self.announced <= self.info.tracks.keys() or waited >= SETTLE_ANNOUNCED
+        return waited >= SETTLE
 
     async def wait_settled(self, timeout: float = SETTLE_WAIT) -> None:
         """Until ``settled()``, the end of the stream, or ``timeout``; then ``HubError`` if it
         ended, ``NoMediaYet`` if it still has no track. Polls: it only ever waits in the first
-        moments after a publish."""
+        moments after a publish. The wait for an announced kind (``settled``) may outlast
+        ``timeout``: it has its own bound."""
         deadline = time.monotonic() + timeout
-        while not self.settled() and not self.ended and time.monotonic() < deadline:
+        while not self.settled() and not self.ended and (
+                time.monotonic() < deadline or (self.announced and self.info.tracks)):
             await asyncio.sleep(0.05)
         if self.ended:
             raise HubError(f"stream {self.key} ended")

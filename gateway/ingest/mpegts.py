@@ -79,6 +79,8 @@ class TsIngest:
         stream = self.stream
         if stream.ended:
             return
+        if stream.announced != self.demuxer.announced:
+            stream.expect(self.demuxer.announced)
         for f in frames:
             stream.push(f)
 

@@ -21,8 +21,13 @@ class FlvOutput(Output):
         return flv.encode_tag(TAG_SCRIPT, 0, flv.script_tag_body("onMetaData", meta))
 
     def header_bytes(self) -> bytes:
+        """The FLV header names every kind the viewer will get, also one still being coded (a
+        variant's first AAC frames come after its video): a browser's player (mpegts.js, on
+        Media Source Extensions) sets its buffers up from these flags, and fails on a kind
+        that starts after the others (``MediaError MediaMSEError``: no sound)."""
         tracks = {k: t for k, t in self.stream.tracks.items() if self.carries(t)}
-        parts = [flv.FLV_HEADER("audio" in tracks, "video" in tracks), self._script()]
+        kinds = tracks.keys() | (self.stream.output_kinds() - self.stream.tracks.keys())
+        parts = [flv.FLV_HEADER("audio" in kinds, "video" in kinds), self._script()]
         for kind, tag_type in (("video", TAG_VIDEO), ("audio", TAG_AUDIO)):
             t = tracks.get(kind)
             if t is not None and t.config:

@@ -939,6 +939,9 @@ class TsDemuxer:
         #: current PMT that this demuxer does not take, or a taken type whose content it cannot
         #: (MPEG-2 video, MP3); a second stream of a kind already taken is not listed
         self.unsupported: dict[int, tuple[int, str]] = {}
+        #: the kinds of the streams taken from the PMT, less those found to carry what cannot
+        #: be taken: what the publisher will send, before its first frames say so
+        self.announced: frozenset[str] = frozenset()
 
     # -- public --------------------------------------------------------------------------
 
@@ -1217,6 +1220,7 @@ class TsDemuxer:
         if pid is None:
             return  # its last PES, of a stream the new PMT dropped
         self.unsupported[pid] = (state.stream_type, state.es.unsupported)
+        self.announced = self.announced - {state.es.kind}
         if all(s.es.unsupported for s in self._pids.values()):
             raise TsError(_nothing_to_take(self.unsupported))
 
@@ -1244,6 +1248,7 @@ class TsDemuxer:
         if unsupported and not chosen:
             raise TsError(_nothing_to_take(unsupported))
         self.unsupported = unsupported
+        self.announced = frozenset(kinds)
         for pid in list(self._pids):
             if chosen.get(pid) != self._pids[pid].stream_type:
                 state = self._pids.pop(pid)

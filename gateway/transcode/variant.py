@@ -307,6 +307,12 @@ class Variant(Stream):
         tp = self.plan.get("video")
         return "video" in self.tracks or (tp is not None and not isinstance(tp, planner.Drop))
 
+    def output_kinds(self) -> frozenset[str]:
+        """Planned kinds count before their encoder's first output: an FLV header must name
+        every kind a viewer will get (see ``FlvOutput.header_bytes``)."""
+        planned = {k for k, tp in self.plan.tracks.items() if not isinstance(tp, planner.Drop)}
+        return frozenset(self.tracks) | planned
+
     # -- sink of the source ---------------------------------------------------------------
 
     def _track_in(self, track: Track) -> None:
