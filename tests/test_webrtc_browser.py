@@ -61,6 +61,21 @@ def test_browser_publishes_whip_plays_whep_and_ffmpeg_reads_flv(
                 assert whep.plan is not None and whep.plan.passthrough_all, whep.plan
                 assert COUNTERS.snapshot()["decoders_opened"] == decoders  # pure pass-through
 
+                # the browser's HTTP-FLV player, the first viewer of the Opus -> AAC variant:
+                # its FLV header must name the AAC still being coded (mpegts.js on MSE fails
+                # on a kind that starts after the others: MediaError MediaMSEError, no sound)
+                from gateway.static import find_asset
+                if find_asset("mpegts.js") is not None:
+                    await viewer.open(gateway.http_url(f"{key}.html?player=flv"))
+                    await viewer.wait_for("video.webkitAudioDecodedByteCount > 0 && "
+                                          "video.readyState >= 2 || window.player.error",
+                                          timeout=20)
+                    assert await viewer.evaluate("window.player.error") == ""
+                    t0 = await viewer.evaluate("video.currentTime")
+                    await asyncio.sleep(1.0)
+                    assert await viewer.evaluate("video.currentTime") > t0 + 0.5
+                    assert await viewer.evaluate("window.player.error") == ""
+
                 out = tmp_path / "browser.flv"
                 res = await asyncio.to_thread(flvcheck.capture, gateway.http_url(f"{key}.flv"),
                                               out, 3.0)
