@@ -73,7 +73,6 @@ class Stream:
         self.sinks: dict[object, Sink] = {}
         self.gop: list[Frame] = []
         self._gop_bytes = 0
-        self.ended = False
         #: set when the stream ends for any reason: what a publisher's session waits on besides
         #: its socket, so that it ends with the stream (say, at shutdown), not at its next read
         self.finished = asyncio.Event()
@@ -91,6 +90,10 @@ class Stream:
     @property
     def tracks(self) -> dict[str, Track]:
         return self.info.tracks
+
+    @property
+    def ended(self) -> bool:
+        return self.finished.is_set()
 
     @property
     def has_video(self) -> bool:
@@ -248,7 +251,6 @@ class Stream:
     def end(self, reason: str) -> None:
         if self.ended:
             return
-        self.ended = True
         self.end_reason = reason
         self.finished.set()
         self._end_sinks(reason)

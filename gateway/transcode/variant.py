@@ -253,8 +253,8 @@ class Variant(Stream):
         # otherwise be lost to every viewer; bounded, oldest dropped
         self._held: collections.deque[Frame] | None = (
             collections.deque(maxlen=HOLD_AUDIO_FRAMES) if "video" in self.workers else None)
-        #: after the first video keyframe, audio older than it that is still being coded (its
-        #: step lags the video's) is dropped too: it would go out behind the keyframe
+        #: after the first video keyframe, audio older than it (held, or still being coded:
+        #: its step lags the video's) is dropped: it would go out behind the keyframe
         self._audio_from: Fraction | None = None
         for frame in self._catch_up(source.gop):
             self._in(frame, replay=True)
@@ -304,8 +304,7 @@ class Variant(Stream):
     def has_video(self) -> bool:
         """Planned video counts before the encoder's first output, so that the variant's
         viewers and GOP start at a video keyframe, not at audio that happens to come first."""
-        tp = self.plan.get("video")
-        return "video" in self.tracks or (tp is not None and not isinstance(tp, planner.Drop))
+        return "video" in self.output_kinds()
 
     def output_kinds(self) -> frozenset[str]:
         """Planned kinds count before their encoder's first output: an FLV header must name
@@ -421,12 +420,10 @@ class Variant(Stream):
         elif frame.track.kind == "video" and frame.keyframe:
             self._held = None
             self.push(frame)
-            start = frame.pts * frame.time_base
-            released = [f for f in held if f.pts * f.time_base >= start]
-            for f in released:
-                self.push(f)
-            if not released:
-                self._audio_from = start
+            start = self._audio_from = frame.pts * frame.time_base
+            for f in held:
+                if f.pts * f.time_base >= start:
+                    self.push(f)
         else:
             self.push(frame)
 
