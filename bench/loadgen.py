@@ -384,7 +384,7 @@ class GatewayPlaySession:
     """
 
     def __init__(self, app: str, tc_url: str, name: str) -> None:
-        from gateway.protocols.rtmp import connection as rc
+        from gateway.wire.rtmp import connection as rc
 
         self.rc = rc
         self.app, self.tc_url, self.name = app, tc_url, name
@@ -987,7 +987,7 @@ class LoadGen:
 def gateway_client_available() -> bool:
     """True when the gateway's sans-I/O RTMP client can be imported (repo root on sys.path)."""
     try:
-        from gateway.protocols.rtmp import connection
+        from gateway.wire.rtmp import connection
 
         return hasattr(connection, "ClientConnection")
     except Exception:

@@ -47,10 +47,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # so ``python bench/rtmppub.py`` can import the gateway
     sys.path.insert(0, str(REPO_ROOT))
 
-from gateway.protocols import flv
-from gateway.protocols.rtmp import amf0
-from gateway.protocols.rtmp import connection as rc
-from gateway.protocols.rtmp.messages import RtmpError
+from gateway.wire import flv
+from gateway.wire.rtmp import amf0
+from gateway.wire.rtmp import connection as rc
+from gateway.wire.rtmp.messages import RtmpError
 
 try:  # uvloop is what production uses; fall back so the tool still runs without it
     import uvloop

@@ -56,7 +56,7 @@ from _common import (
 )
 
 sys.path.insert(0, str(REPO_ROOT))
-from gateway.transcode.step import histogram_percentile  # noqa: E402  (the gateway's own reading)
+from gateway.transcode.step import histogram_percentile
 
 FPS = 30.0  # the clip's video rate
 AUDIO_RATE = 44_100  # the clip's AAC rate; the h5 plan keeps it for MP2

@@ -6,7 +6,7 @@ are aiortc peers in this process (and in worker processes for the capacity run) 
 
 1. **glass-to-glass**: a WHIP publisher draws a 16-bit frame counter as a barcode into each
    picture and notes the capture time; aiortc encodes it (libx264, zerolatency). A WHEP viewer
-   takes the encoded frames (``gateway.webrtc.seam``: marker-based assembly, as browsers do),
+   takes the encoded frames (``gateway.protocols.webrtc.seam``: marker-based assembly, as browsers do),
    decodes them with PyAV and reads the barcode: latency = display-ready time - capture time.
 2. **first frame**: a fresh WHEP viewer's time from its POST to its first decoded picture.
 3. **capacity**: a pre-encoded 720p30 2 Mbit/s H.264 stream (bench/out clip) plus Opus is
@@ -54,9 +54,9 @@ from aiortc import VideoStreamTrack
 from aiortc.mediastreams import MediaStreamTrack
 
 from gateway.codecs import h264
-from gateway.webrtc import seam
-from gateway.webrtc.whep import WhepClient
-from gateway.webrtc.whip import WhipClient
+from gateway.protocols.webrtc import seam
+from gateway.protocols.webrtc.whep import WhepClient
+from gateway.protocols.webrtc.whip import WhipClient
 
 BITS = 16
 CELL = 24  # barcode cell size in pixels

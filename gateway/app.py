@@ -14,7 +14,8 @@ from .config import Config
 from .context import Context
 from .cpus import usable_cpus
 from .hub.stream import Hub
-from .servers import http, rtmp
+from .web import app as http
+from .protocols.rtmp import server as rtmp
 from .transcode import pool, variant
 
 log = logging.getLogger("gateway")

@@ -13,7 +13,7 @@ from aiohttp import web
 from browser import Chromium, ChromiumError, require_chromium, run
 
 from gateway.media import Frame, Track
-from gateway.protocols.mpegts import TsDemuxer, TsMuxer
+from gateway.wire.mpegts import TsDemuxer, TsMuxer
 from gateway.static import asset_candidates, find_asset
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway
 from flvcheck import assert_cut_off, assert_good, capture, probe, ws_collect
-from gateway.protocols import flv
-from gateway.protocols.rtmp import connection as rc
+from gateway.wire import flv
+from gateway.wire.rtmp import connection as rc
 
 SECONDS = 3.0
 
@@ -335,7 +335,7 @@ def test_slow_viewer_is_cut_off_others_keep_playing(gateway: RunningGateway, pub
 
 def test_rtmp_first_frame_from_gop_cache(gateway: RunningGateway, publish, clips) -> None:
     """Our sans-I/O client measures play request -> first video message, decoded by PyAV."""
-    from gateway.protocols.rtmp import connection as rc
+    from gateway.wire.rtmp import connection as rc
 
     publish(clips["plain"], "live/cam")
     time.sleep(0.6)

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from gateway.codecs import h264
 from gateway.media import Track
-from gateway.protocols import flv
-from gateway.protocols.flv import FlvError
-from gateway.protocols.rtmp import amf0
+from gateway.wire import flv
+from gateway.wire.flv import FlvError
+from gateway.wire.rtmp import amf0
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"

@@ -27,8 +27,8 @@ from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway, _start_gateway,
 from flvcheck import assert_cut_off, capture, probe, ws_collect
 from gateway.config import Config
 from gateway.hub import stream as stream_mod
-from gateway.protocols import flv
-from gateway.protocols.mpegts import TsDemuxer
+from gateway.wire import flv
+from gateway.wire.mpegts import TsDemuxer
 from gateway.transcode import pool as pool_mod
 from gateway.transcode import variant as variant_mod
 from gateway.transcode.step import COUNTERS
@@ -689,7 +689,7 @@ def test_late_video_is_not_transcoded_for_a_webrtc_viewer_with_no_video_sender(
     """A WHEP viewer answered while the source had audio only has no video sender: the video
     that comes later must not start an MPEG-1 -> H.264 transcode (libx264, ~2 of the transcode
     capacity's units) that nobody receives."""
-    from gateway.webrtc.whep import WhepClient
+    from gateway.protocols.webrtc.whep import WhepClient
 
     publisher = _publish_late_video(gateway, "live/latewhep", _late_video_ts(5), 5.0)
 
@@ -1272,7 +1272,7 @@ def test_a_viewer_that_comes_with_the_publisher_gets_every_track(gateway: Runnin
     """A player that connects the moment a stream is published (an auto-retrying page, a CDN
     pull) used to be planned from the tracks known then: none, or only one, for good. It now
     waits until the publisher's tracks are known and gets a variant with both."""
-    caplog.set_level(logging.INFO, logger="gateway.servers.http")
+    caplog.set_level(logging.INFO, logger="gateway.web.app")
     data = _play_before_the_tracks(
         gateway, caplog, "early", lambda key: Publisher(clips["plain"], gateway.rtmp_url(key)).stop,
         lambda key: asyncio.run(ws_collect(gateway.ws_url(f"{key}.jsmpeg"), 2.0)))
@@ -1284,7 +1284,7 @@ def test_an_rtmp_player_that_comes_with_an_h5_publisher_gets_h264_and_aac(
         gateway: RunningGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The same over RTMP: a play that arrives before an h5 (MPEG-1/MP2) stream's tracks are
     known waits for them, then gets the H.264 + AAC variant (it used to get nothing)."""
-    caplog.set_level(logging.INFO, logger="gateway.servers.rtmp")
+    caplog.set_level(logging.INFO, logger="gateway.protocols.rtmp.server")
 
     def publish(key: str) -> Callable[[], object]:
         pub = _h5_publisher(gateway.http_url(f"{key}.ts"), seconds=8)

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # plain `pytest` without an installed package
     sys.path.insert(0, str(ROOT))
 
-from gateway.media import Track  # noqa: E402
-from gateway.planner import (  # noqa: E402
+from gateway.media import Track
+from gateway.planner import (
     ENV_VAR,
     MatrixError,
     PassThrough,

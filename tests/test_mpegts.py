@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from gateway.codecs import aac, h264
 from gateway.media import MS, Frame, Track, kind_of
-from gateway.protocols import mpegts
-from gateway.protocols.mpegts import TsDemuxer, TsError, TsMuxer, stream_type_content
+from gateway.wire import mpegts
+from gateway.wire.mpegts import TsDemuxer, TsError, TsMuxer, stream_type_content
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.protocols.rtmp.amf0 import (
+from gateway.wire.rtmp.amf0 import (
     MAX_DEPTH,
     UNDEFINED,
     AMF0Error,

@@ -7,13 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.protocols.rtmp.chunk import (
-    ChunkError,
-    ChunkReader,
-    Message,
-    encode_message,
-)
-from gateway.protocols.rtmp.messages import RtmpError
+from gateway.wire.rtmp.chunk import ChunkError, ChunkReader, Message, encode_message
+from gateway.wire.rtmp.messages import RtmpError
 
 MASK = 0xFFFFFFFF
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gateway.protocols.rtmp import amf0
-from gateway.protocols.rtmp import messages as m
-from gateway.protocols.rtmp.chunk import ChunkReader, Message, encode_message
-from gateway.protocols.rtmp.connection import (
+from gateway.wire.rtmp import amf0
+from gateway.wire.rtmp import messages as m
+from gateway.wire.rtmp.chunk import ChunkReader, Message, encode_message
+from gateway.wire.rtmp.connection import (
     ClientConnection,
     CommandReceived,
     CommandResult,
@@ -29,7 +29,7 @@ from gateway.protocols.rtmp.connection import (
     StreamCreated,
     UserControlReceived,
 )
-from gateway.protocols.rtmp.handshake import HANDSHAKE_SIZE
+from gateway.wire.rtmp.handshake import HANDSHAKE_SIZE
 
 
 class Pair:

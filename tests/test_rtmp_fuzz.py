@@ -9,16 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rtmp_chunk import write_compressed
 
-from gateway.protocols.rtmp import amf0
-from gateway.protocols.rtmp.chunk import (
-    ChunkError,
-    ChunkReader,
-    Message,
-    encode_message,
-)
-from gateway.protocols.rtmp.connection import ClientConnection, ServerConnection
-from gateway.protocols.rtmp.handshake import HANDSHAKE_SIZE
-from gateway.protocols.rtmp.messages import RtmpError
+from gateway.wire.rtmp import amf0
+from gateway.wire.rtmp.chunk import ChunkError, ChunkReader, Message, encode_message
+from gateway.wire.rtmp.connection import ClientConnection, ServerConnection
+from gateway.wire.rtmp.handshake import HANDSHAKE_SIZE
+from gateway.wire.rtmp.messages import RtmpError
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

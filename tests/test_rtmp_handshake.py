@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from gateway.protocols.rtmp.handshake import (
+from gateway.wire.rtmp.handshake import (
     HANDSHAKE_SIZE,
     ClientHandshake,
     HandshakeError,

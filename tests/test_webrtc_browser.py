@@ -16,10 +16,10 @@ import pytest
 from browser import Chromium, require_chromium
 from conftest import RunningGateway
 
-from gateway.servers.webrtc_http import SESSIONS
+from gateway.protocols.webrtc.routes import SESSIONS
 from gateway.transcode.step import COUNTERS
-from gateway.webrtc.whep import WhepSession
-from gateway.webrtc.whip import WhipSession
+from gateway.protocols.webrtc.whep import WhepSession
+from gateway.protocols.webrtc.whip import WhipSession
 
 FAKE_MEDIA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 

@@ -1,4 +1,4 @@
-"""Guards ``gateway.webrtc.seam``: if an aiortc/aioice upgrade moves the internals it relies on,
+"""Guards ``gateway.protocols.webrtc.seam``: if an aiortc/aioice upgrade moves the internals it relies on,
 these tests fail with the reason instead of the gateway silently decoding (or encoding) media.
 
 Two aiortc peers talk over real ICE/DTLS/SRTP on 127.0.0.1 in-process; no gateway is involved.
@@ -24,7 +24,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 
 from gateway.codecs import h264
-from gateway.webrtc import seam
+from gateway.protocols.webrtc import seam
 
 VIDEO_TB = fractions.Fraction(1, 90000)
 AUDIO_TB = fractions.Fraction(1, 48000)

@@ -2,7 +2,7 @@
 
 Publishers send pre-encoded H.264/VP8/Opus (``LoopTrack``) so the tests spend no CPU on encoding
 and know every byte sent; viewers are plain aiortc clients that decode what they get (as a
-browser would), or tap encoded frames through ``gateway.webrtc.seam``.
+browser would), or tap encoded frames through ``gateway.protocols.webrtc.seam``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from conftest import FFMPEG, RunningGateway, _start_gateway, kill_while_coding
 from gateway.codecs import h264
 from gateway.config import Config
 from gateway.media import Frame, Track
-from gateway.servers.webrtc_http import SESSIONS
+from gateway.protocols.webrtc.routes import SESSIONS
 from gateway.transcode.step import COUNTERS
-from gateway.webrtc import SessionError, Settings, sdp, seam
-from gateway.webrtc import whip as whip_mod
-from gateway.webrtc.whep import PacketTrack, WhepClient, WhepSession
-from gateway.webrtc.whip import Timeline, WhipClient
+from gateway.protocols.webrtc import SessionError, Settings, seam
+from gateway.wire import sdp
+from gateway.protocols.webrtc import whip as whip_mod
+from gateway.protocols.webrtc.whep import PacketTrack, WhepClient, WhepSession
+from gateway.protocols.webrtc.whip import Timeline, WhipClient
 
 VIDEO_TB = fractions.Fraction(1, 90000)
 AUDIO_TB = fractions.Fraction(1, 48000)

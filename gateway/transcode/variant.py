@@ -125,7 +125,7 @@ class TrackWorker(Protocol):
 
 
 def _default_factory(t: planner.Transcode, source: Track) -> Step:
-    from .factory import make_step  # PyAV import only when a transcode is really needed
+    from .factory import make_step
 
     return make_step(t, source)
 

@@ -11,9 +11,9 @@ import contextlib
 import logging
 import threading
 
-from ..hub.stream import Stream
-from ..media import Frame
-from ..protocols.mpegts import SUPPORTED, TsDemuxer, TsError
+from ...hub.stream import Stream
+from ...media import Frame
+from ...wire.mpegts import SUPPORTED, TsDemuxer, TsError
 
 log = logging.getLogger(__name__)
 

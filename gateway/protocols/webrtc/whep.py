@@ -31,12 +31,13 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .. import planner
-from ..codecs import h264
-from ..hub.stream import HubError, NoMediaYet, Stream
-from ..media import Frame, Track
-from ..transcode.variant import VariantRefused, media_for
-from . import PeerSession, SessionError, Settings, sdp, seam
+from ... import planner
+from ...codecs import h264
+from ...hub.stream import HubError, NoMediaYet, Stream
+from ...media import Frame, Track
+from ...transcode.variant import VariantRefused, media_for
+from . import PeerSession, SessionError, Settings, seam
+from ...wire import sdp
 from .whip import request_keyframe
 
 log = logging.getLogger(__name__)

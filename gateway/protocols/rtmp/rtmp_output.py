@@ -6,11 +6,11 @@ same bytes go to every player; players all get message stream id 1 (see the RTMP
 
 from __future__ import annotations
 
-from ..media import Frame, Track
-from ..protocols.rtmp import amf0
-from ..protocols.rtmp.chunk import encode_message
+from ...media import Frame, Track
+from ...wire.rtmp import amf0
+from ...wire.rtmp.chunk import encode_message
 from . import tags
-from .base import Output
+from ...hub.output import Output
 
 PLAY_STREAM_ID = 1
 CHUNK_SIZE = 4096

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ..hub.stream import Stream
-from ..media import Frame, Track
-from ..protocols import flv
+from ...hub.stream import Stream
+from ...media import Frame, Track
+from ...wire import flv
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from typing import Protocol
 
 from aiohttp import StreamReader, WSCloseCode, WSMsgType, web
 
-from ..hub.stream import HubError, Stream
-from ..ingest.mpegts import TsIngest
-from ..media import StreamInfo
-from ..outputs.jsmpeg import JsmpegOutput
-from ..protocols.mpegts import TsError
-from .http import CORS, CTX, WS_CLOSE_TIMEOUT, _key, _peer, close_reason, play
+from ...hub.stream import HubError, Stream
+from .ingest import TsIngest
+from ...media import StreamInfo
+from .jsmpeg import JsmpegOutput
+from ...wire.mpegts import TsError
+from ...web.app import CORS, CTX, WS_CLOSE_TIMEOUT, _key, _peer, close_reason, play
 
 log = logging.getLogger(__name__)
 

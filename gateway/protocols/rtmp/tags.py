@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..hub.stream import Stream
-from ..media import Frame, Track
-from ..protocols import flv
+from ...hub.stream import Stream
+from ...media import Frame, Track
+from ...wire import flv
 
 FLV_CODECS = frozenset({"h264", "aac"})
 

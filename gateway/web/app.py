@@ -18,8 +18,8 @@ from aiohttp import WSMsgType, web
 from ..context import Context
 from ..hub.fanout import Limits, Viewer, http_chunk, ws_binary
 from ..hub.stream import HubError, NoMediaYet, Stream
-from ..outputs.base import Output
-from ..outputs.flv import FlvOutput
+from ..hub.output import Output
+from ..protocols.rtmp.flv_output import FlvOutput
 from ..static import asset_candidates, find_asset
 from ..transcode.variant import Variant, VariantRefused, media_for, transcode_load
 
@@ -203,8 +203,8 @@ def make_app(ctx: Context) -> web.Application:
     app.router.add_get("/{app}/{name}.flv", flv)
     app.router.add_get("/_static/{file}", static_asset)
     # these modules import this one (CORS, helpers), so they are imported here, not at the top
-    from .h5_http import add_routes as add_h5_routes
-    from .webrtc_http import add_routes as add_webrtc_routes
+    from ..protocols.h5.routes import add_routes as add_h5_routes
+    from ..protocols.webrtc.routes import add_routes as add_webrtc_routes
 
     add_h5_routes(app)
     add_webrtc_routes(app)

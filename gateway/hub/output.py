@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from ..hub.fanout import Fanout, Framing, Limits, Viewer
-from ..hub.stream import Stream
+from .fanout import Fanout, Framing, Limits, Viewer
+from .stream import Stream
 from ..media import Frame, Track
 
 log = logging.getLogger(__name__)

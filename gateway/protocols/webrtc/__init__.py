@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from . import sdp, seam
+from ...wire import sdp
+from . import seam
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from ..context import Context
-from ..hub.fanout import Fanout, Viewer, identity
-from ..hub.stream import HubError, Stream
-from ..ingest.flv import FlvIngest, IngestError
-from ..media import StreamInfo
-from ..outputs.rtmp import CHUNK_SIZE, PLAY_STREAM_ID, RtmpOutput
-from ..protocols.rtmp import connection as rc
-from ..protocols.rtmp.messages import RtmpError
-from ..transcode.variant import media_for
+from ...context import Context
+from ...hub.fanout import Fanout, Viewer, identity
+from ...hub.stream import HubError, Stream
+from .ingest import FlvIngest, IngestError
+from ...media import StreamInfo
+from .rtmp_output import CHUNK_SIZE, PLAY_STREAM_ID, RtmpOutput
+from ...wire.rtmp import connection as rc
+from ...wire.rtmp.messages import RtmpError
+from ...transcode.variant import media_for
 
 log = logging.getLogger(__name__)
 

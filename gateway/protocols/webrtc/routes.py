@@ -22,10 +22,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..webrtc import PeerSession, SessionError, Settings, sdp
-from ..webrtc.whep import WhepSession
-from ..webrtc.whip import WhipSession
-from .http import CORS, CTX, _key, _peer, _stream
+from . import PeerSession, SessionError, Settings
+from ...wire import sdp
+from .whep import WhepSession
+from .whip import WhipSession
+from ...web.app import CORS, CTX, _key, _peer, _stream
 
 log = logging.getLogger(__name__)
 

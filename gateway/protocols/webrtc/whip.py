@@ -32,11 +32,12 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamTrack
 
-from .. import planner
-from ..codecs import h264
-from ..hub.stream import Hub, HubError, Stream
-from ..media import Frame, StreamInfo, Track
-from . import PeerSession, SessionError, Settings, sdp, seam
+from ... import planner
+from ...codecs import h264
+from ...hub.stream import Hub, HubError, Stream
+from ...media import Frame, StreamInfo, Track
+from . import PeerSession, SessionError, Settings, seam
+from ...wire import sdp
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..media import Frame, Track
-from ..protocols import flv
+from ...media import Frame, Track
+from ...wire import flv
 from . import tags
-from .base import Output
+from ...hub.output import Output
 
 TAG_AUDIO, TAG_VIDEO, TAG_SCRIPT = 8, 9, 18
 

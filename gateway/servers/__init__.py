@@ -1,1 +1,0 @@
-"""Network sessions (asyncio) wrapping the sans-I/O protocol cores."""
