@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _matrix(args: argparse.Namespace) -> int:
+    """Validate a matrix directory and print its table (for operators editing the data)."""
     from . import planner
 
     try:
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=_serve)
     m = sub.add_parser("matrix", help="print the protocol x protocol transcoding table")
     m.add_argument("--format", choices=["text", "tsv"], default="text")
-    m.add_argument("--matrix-dir", help="matrix data directory (default: the shipped matrix)")
+    m.add_argument("--matrix-dir", help="matrix data directory "
+                   "(default: $GATEWAY_MATRIX_DIR, then the shipped matrix)")
     m.set_defaults(func=_matrix)
     args = p.parse_args(argv)
     return int(args.func(args))

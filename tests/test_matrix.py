@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # plain `pytest` without an installed package
     sys.path.insert(0, str(ROOT))
 
+from gateway.cli import main
 from gateway.media import Track
 from gateway.planner import (
     ENV_VAR,
@@ -20,7 +21,6 @@ from gateway.planner import (
     Transcode,
     find_matrix_dir,
     load_matrix,
-    main,
     plan,
     render_table,
     table,
@@ -98,13 +98,13 @@ def test_table_shape(matrix) -> None:
 
 
 def test_cli_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--matrix", str(MATRIX_DIR), "--format", "tsv"]) == 0
+    assert main(["matrix", "--matrix-dir", str(MATRIX_DIR), "--format", "tsv"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("from\\to\t")
 
 
 def test_cli_reports_invalid_data(matrix_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (matrix_copy / "codecs.toml").write_text("kinds = [", encoding="utf-8")
-    assert main(["--matrix", str(matrix_copy)]) == 2
+    assert main(["matrix", "--matrix-dir", str(matrix_copy)]) == 2
     assert "codecs.toml" in capsys.readouterr().err
 
 
