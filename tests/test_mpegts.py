@@ -16,10 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.codecs import aac, h264
+from gateway.codecs import aac, h264, mpeg1video, mpegaudio
 from gateway.media import MS, Frame, Track, kind_of
 from gateway.wire import mpegts
 from gateway.wire.mpegts import TsDemuxer, TsError, TsMuxer, stream_type_content
+from gateway.wire.mpegts.packets import decode_ts
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"
@@ -410,11 +411,32 @@ def test_timestamps_and_pcr() -> None:
     assert pcr == 2160 * 1000
     header = pes[5 + pes[4] :]
     assert header[7] >> 6 == 2  # PTS only
-    assert mpegts._decode_ts(header, 9) == 2160 * 1000
+    assert decode_ts(header, 9) == 2160 * 1000
     demuxer = TsDemuxer()
     (back,) = demuxer.receive_data(out) + demuxer.flush()
     assert (back.pts, back.data) == (2160000, frame)
     assert (back.track.bitrate, back.track.sample_rate) == (128000, 48000)
+
+
+def test_codec_headers() -> None:
+    """The MPEG video / audio header parsers the demuxer uses, and their own error types."""
+    header = mpegaudio.parse_mpeg_audio_header(b"\x00\xff\xfd\x84\x00", 1)  # layer II 128k 48k
+    assert header == mpegaudio.MpegAudioHeader(2, 48000, 2, 128000, 384, 1152)
+    for bad in (b"\xff\xfd\x84", b"\xff\x00\x84\x00", b"\xff\xfd\xf4\x00"):
+        with pytest.raises(mpegaudio.MpegAudioError):  # truncated, no sync, bad bitrate index
+            mpegaudio.parse_mpeg_audio_header(bad)
+    seq = b"\x00\x00\x01\xb3\x14\x00\xf0\x13\xff\xff\xe0\x00"  # 320x240, 25 Hz, VBR
+    assert mpeg1video.parse_mpeg_video_sequence(b"\x00" + seq, 1) == mpeg1video.MpegVideoSequence(
+        320, 240, 25.0, 0
+    )
+    with pytest.raises(mpeg1video.Mpeg1VideoError):
+        mpeg1video.parse_mpeg_video_sequence(seq[:11])
+    picture = b"\x00\x00\x01\x00\x00\x18"  # temporal reference 0, picture_coding_type 3
+    assert mpeg1video.find_picture_coding_type(seq + picture) == mpeg1video.PICTURE_B
+    assert not mpeg1video.is_mpeg2_sequence(seq + picture, 0)
+    assert mpeg1video.is_mpeg2_sequence(seq + b"\x00\x00\x01\xb5\x14" + picture, 0)
+    with pytest.raises(mpeg1video.Mpeg1VideoError):
+        mpeg1video.find_picture_coding_type(seq)
 
 
 def test_timestamp_wrap_is_unwrapped() -> None:

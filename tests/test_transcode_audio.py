@@ -22,7 +22,7 @@ from gateway import planner
 from gateway.media import Frame, Track
 from gateway.transcode.audio import AudioTranscoder
 from gateway.transcode.factory import make_step
-from gateway.transcode.step import COUNTERS
+from gateway.transcode.step import Counters
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 BURSTS = "if(lt(mod(t\\,1)\\,0.05)\\,0.8*sin(2*PI*1000*t)\\,0)"
@@ -145,10 +145,12 @@ PAIRS = [
 def test_pair_converts_and_keeps_timing(sources: dict[str, Path], src: str, dst: str, rate: int,
                                         channels: int) -> None:
     track, frames = demux(sources[src])
-    before = COUNTERS.snapshot()
-    step = AudioTranscoder(track, dst, sample_rate=rate, channels=channels, bitrate=96_000)
+    counters = Counters()  # the step's owner's
+    before = counters.snapshot()
+    step = AudioTranscoder(track, dst, sample_rate=rate, channels=channels, bitrate=96_000,
+                           counters=counters)
     out = run(step, frames)
-    after = COUNTERS.snapshot()
+    after = counters.snapshot()
     assert step.errors == 0 and step.dropped == 0
     assert after["decoders_opened"] == before["decoders_opened"] + 1
     assert after["encoders_opened"] == before["encoders_opened"] + 1

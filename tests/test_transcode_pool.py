@@ -27,7 +27,8 @@ from gateway.hub.stream import Stream
 from gateway.media import Frame, StreamInfo, Track
 from gateway.transcode import pool as pool_mod
 from gateway.transcode import variant as variant_mod
-from gateway.transcode.step import COUNTERS, needed_for_decoding
+from gateway.transcode.step import needed_for_decoding
+from gateway.transcode.transcoder import Transcoder
 
 SEQ = b"\x00\x00\x01\xb3"
 
@@ -75,13 +76,16 @@ async def _until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def _run(coro_fn: Callable[[], Awaitable[None]]) -> None:
-    """Each test on its own loop; the module pool never outlives it."""
+def _run(coro_fn: Callable[[Transcoder], Awaitable[None]], processes: int = -1,
+         threads: int = 1, capacity: float = 0.0) -> None:
+    """Each test on its own loop with its own transcoder, whose pool never outlives it."""
+    tc = Transcoder(processes, threads, capacity)
+
     async def main() -> None:
         try:
-            await coro_fn()
+            await coro_fn(tc)
         finally:
-            pool_mod.shutdown()
+            tc.shutdown()
 
     asyncio.run(main())
 
@@ -98,7 +102,7 @@ def test_frames_round_trip_with_timing_latency_and_counters(media) -> None:
     vt, vframes = media["video"]
     at, aframes = media["audio"]
 
-    async def main() -> None:
+    async def main(tc: Transcoder) -> None:
         loop_thread = threading.get_ident()
         got: dict[str, list[Frame]] = {"video": [], "audio": []}
         threads: set[int] = set()
@@ -109,8 +113,8 @@ def test_frames_round_trip_with_timing_latency_and_counters(media) -> None:
                 got[kind].extend(frames)
             return take
 
-        before = COUNTERS.snapshot()
-        p = pool_mod.get_pool(2)
+        before = tc.counters.snapshot()
+        p = tc.pool()
         assert len(p.processes) == 2
         v = p.open("test video", _transcode(media, "video"), vt, deliver("video"), 60)
         a = p.open("test audio", _transcode(media, "audio"), at, deliver("audio"), 200)
@@ -146,7 +150,7 @@ def test_frames_round_trip_with_timing_latency_and_counters(media) -> None:
         assert abs(first - aframes[0].pts * aframes[0].time_base) < Fraction(1, 1000)
         pts = [f.pts for f in audio]
         assert pts == sorted(pts)
-        after = COUNTERS.snapshot()  # counted in the children, summed up here
+        after = tc.counters.snapshot()  # counted in the children, summed up here
         assert after["decoders_opened"] - before["decoders_opened"] == 2
         assert after["encoders_opened"] - before["encoders_opened"] == 2
         assert after["frames_encoded"] - before["frames_encoded"] >= len(out) + len(audio)
@@ -154,15 +158,15 @@ def test_frames_round_trip_with_timing_latency_and_counters(media) -> None:
         a.stop()
         await _until(lambda: not v._child.steps and not a._child.steps)
 
-    _run(main)
+    _run(main, processes=2)
 
 
 def test_steps_of_one_group_share_a_process(media) -> None:
     vt, _ = media["video"]
     at, _ = media["audio"]
 
-    async def main() -> None:
-        p = pool_mod.get_pool(2)
+    async def main(tc: Transcoder) -> None:
+        p = tc.pool()
         g1, g2 = object(), object()
         v1 = p.open("v1", _transcode(media, "video"), vt, lambda f: None, 60, group=g1)
         v2 = p.open("v2", _transcode(media, "video"), vt, lambda f: None, 60, group=g2)
@@ -174,7 +178,7 @@ def test_steps_of_one_group_share_a_process(media) -> None:
             s.stop()
         await _until(lambda: all(not c.steps for c in (v1._child, v2._child)))
 
-    _run(main)
+    _run(main, processes=2)
 
 
 def test_codec_threads_of_one_process_share_its_steps(media) -> None:
@@ -182,8 +186,8 @@ def test_codec_threads_of_one_process_share_its_steps(media) -> None:
     vt, vframes = media["video"]
     at, aframes = media["audio"]
 
-    async def main() -> None:
-        p = pool_mod.get_pool(1, 2)
+    async def main(tc: Transcoder) -> None:
+        p = tc.pool()
         (child,) = p.processes
         got: dict[str, list[Frame]] = {}
         steps = []
@@ -212,7 +216,7 @@ def test_codec_threads_of_one_process_share_its_steps(media) -> None:
         for _, s in steps:
             s.stop()
 
-    _run(main)
+    _run(main, processes=1, threads=2)
 
 
 def _disposable(frames: list[Frame]) -> list[bool]:
@@ -249,9 +253,9 @@ def test_a_long_queue_sheds_non_reference_frames_first(media, caplog) -> None:
     vt, vframes = media["video"]
     disposable = _disposable(vframes)
 
-    async def main() -> None:
+    async def main(tc: Transcoder) -> None:
         out: list[Frame] = []
-        p = pool_mod.get_pool(1)
+        p = tc.pool()
         v = p.open("shedding video", _transcode(media, "video"), vt, out.extend, 60, shed_at=3)
         for f in vframes[:5]:  # a starting process: these wait, whatever the queue's length
             v.submit(f)
@@ -272,7 +276,7 @@ def test_a_long_queue_sheds_non_reference_frames_first(media, caplog) -> None:
         pictures = [vf for f in out for vf in ctx.decode(av.Packet(f.data))]
         assert len(pictures) >= len(out) - 1 and len(out) >= v.frames_in - 5
 
-    _run(main)
+    _run(main, processes=1)
 
 
 def test_the_least_loaded_process_is_judged_by_what_the_steps_cost(media) -> None:
@@ -280,8 +284,8 @@ def test_the_least_loaded_process_is_judged_by_what_the_steps_cost(media) -> Non
     step goes where the small ones are, not where the count of steps is lowest."""
     vt, _ = media["video"]
 
-    async def main() -> None:
-        p = pool_mod.get_pool(2)
+    async def main(tc: Transcoder) -> None:
+        p = tc.pool()
         t = _transcode(media, "video")
         steps = [p.open(f"w{i}", t, vt, lambda frames: None, 60, weight=w)
                  for i, w in enumerate((2.25, 0.25, 0.25, 0.25))]
@@ -299,7 +303,7 @@ def test_the_least_loaded_process_is_judged_by_what_the_steps_cost(media) -> Non
         source.set_track(vt)
         source.set_track(media["audio"][0])
         matrix = planner.load_matrix()
-        var, plan = variant_mod.media_for(matrix, source, "h5")
+        var, plan = tc.media_for(matrix, source, "h5")
         assert isinstance(var, variant_mod.Variant)
         for kind, w in var.workers.items():
             assert isinstance(w, pool_mod.PoolStep)
@@ -307,7 +311,7 @@ def test_the_least_loaded_process_is_judged_by_what_the_steps_cost(media) -> Non
         assert var.cost == sum(w.weight for w in var.workers.values())  # type: ignore[attr-defined]
         source.drop_sink(("variant", plan.variant_key()))
 
-    _run(main)
+    _run(main, processes=2)
 
 
 def test_a_thread_worker_sheds_the_same_way(media) -> None:
@@ -327,7 +331,7 @@ def test_a_thread_worker_sheds_the_same_way(media) -> None:
         def close(self) -> None:
             pass
 
-    async def main() -> None:
+    async def main(tc: Transcoder) -> None:
         w = variant_mod.Worker("held video", _transcode(media, "video"), vt, lambda t, s: Held(),
                                lambda frames: None, asyncio.get_running_loop())
         gate.set()
@@ -355,9 +359,9 @@ def test_in_flight_bound_drops_video_until_keyframe(media, caplog) -> None:
     keys = [i for i, f in enumerate(vframes) if f.keyframe]
     assert keys[:2] == [0, 30]
 
-    async def main() -> None:
+    async def main(tc: Transcoder) -> None:
         out: list[Frame] = []
-        p = pool_mod.get_pool(1)
+        p = tc.pool()
         v = p.open("bounded video", _transcode(media, "video"), vt, out.extend, 5)
         a = p.open("bounded audio", _transcode(media, "audio"), at, lambda f: None, 3)
         with caplog.at_level(logging.WARNING, logger="gateway.transcode.pool"):
@@ -378,14 +382,14 @@ def test_in_flight_bound_drops_video_until_keyframe(media, caplog) -> None:
         v.stop()
         a.stop()
 
-    _run(main)
+    _run(main, processes=1)
 
 
 def test_killed_process_fails_its_steps_and_a_new_step_works(media, caplog) -> None:
     vt, vframes = media["video"]
 
-    async def main() -> None:
-        p = pool_mod.get_pool(1)
+    async def main(tc: Transcoder) -> None:
+        p = tc.pool()
         failures: list[str] = []
         out: list[Frame] = []
         s = p.open("doomed", _transcode(media, "video"), vt, out.extend, 60)
@@ -416,14 +420,14 @@ def test_killed_process_fails_its_steps_and_a_new_step_works(media, caplog) -> N
         assert s2.failed is None and out2 and out2[0].keyframe
         assert _gone(pid)  # the killed process was reaped, not left a zombie
 
-    _run(main)
+    _run(main, processes=1)
 
 
 def test_step_that_cannot_open_fails_alone(media) -> None:
     vt, vframes = media["video"]
 
-    async def main() -> None:
-        p = pool_mod.get_pool(1)
+    async def main(tc: Transcoder) -> None:
+        p = tc.pool()
         good = _transcode(media, "video")
         bad = replace(good, to_codec="nope")
         s = p.open("bad", bad, vt, lambda f: None, 60)
@@ -436,14 +440,14 @@ def test_step_that_cannot_open_fails_alone(media) -> None:
         await _until(lambda: s2.in_flight == 0)
         assert out and s2.failed is None
 
-    _run(main)
+    _run(main, processes=1)
 
 
 def test_child_log_records_reach_the_gateway_log(media, caplog) -> None:
     at, aframes = media["audio"]
 
-    async def main() -> None:
-        p = pool_mod.get_pool(1)
+    async def main(tc: Transcoder) -> None:
+        p = tc.pool()
         s = p.open("noisy", _transcode(media, "audio"), at, lambda f: None, 200)
         with caplog.at_level(logging.WARNING):
             for f in aframes[:3]:
@@ -452,28 +456,28 @@ def test_child_log_records_reach_the_gateway_log(media, caplog) -> None:
             await _until(lambda: "gateway.transcode.audio" in {r.name for r in caplog.records})
         assert s.failed is None  # bad input is skipped, the step lives on
 
-    _run(main)
+    _run(main, processes=1)
 
 
 def test_shutdown_leaves_no_child_processes(media) -> None:
     vt, vframes = media["video"]
     pids: list[int] = []
 
-    async def main() -> None:
-        p = pool_mod.get_pool(2)
+    async def main(tc: Transcoder) -> None:
+        p = tc.pool()
         s = p.open("short", _transcode(media, "video"), vt, lambda f: None, 60)
         for f in vframes[:5]:
             s.submit(f)
         await _until(lambda: s.in_flight == 0)
         pids.extend(pr.pid for pr in p.processes if pr.pid is not None)
         assert len(pids) == 2
-        pool_mod.shutdown()  # with a step still open: the process frees it and exits
+        tc.shutdown()  # with a step still open: the process frees it and exits
         assert p.closed and not p.processes
         assert all(_gone(pid) for pid in pids)
         with pytest.raises(RuntimeError):
             p.open("late", _transcode(media, "video"), vt, lambda f: None, 60)
 
-    _run(main)
+    _run(main, processes=2)
     assert not [c for c in multiprocessing.active_children() if c.pid in pids]
 
 
@@ -501,41 +505,37 @@ def test_variant_runs_steps_where_configured(media, processes: int) -> None:
     vt, vframes = media["video"]
     at, aframes = media["audio"]
 
-    async def main() -> None:
-        variant_mod.configure(processes=processes)
-        try:
-            source = Stream("live/pool", StreamInfo("rtmp"), "test")
-            source.set_track(vt)
-            source.set_track(at)
-            plan = _plan(media)
-            key = ("variant", plan.variant_key())
-            var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key))
-            viewer = var.sink("viewer", lambda s: _Collect())
-            want = pool_mod.PoolStep if processes else variant_mod.Worker
-            assert all(isinstance(w, want) for w in var.workers.values())
-            merged = sorted(vframes[:40] + aframes[:50], key=lambda f: f.dts * f.time_base)
-            for f in merged:
-                source.push(f)
-                await asyncio.sleep(0.002)
-            def video_stats() -> dict[str, object]:
-                v = var.stats()["video"]
-                assert isinstance(v, dict)
-                return v
+    async def main(tc: Transcoder) -> None:
+        source = Stream("live/pool", StreamInfo("rtmp"), "test")
+        source.set_track(vt)
+        source.set_track(at)
+        plan = _plan(media)
+        key = ("variant", plan.variant_key())
+        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key, tc))
+        viewer = var.sink("viewer", lambda s: _Collect())
+        want = pool_mod.PoolStep if processes else variant_mod.Worker
+        assert all(isinstance(w, want) for w in var.workers.values())
+        merged = sorted(vframes[:40] + aframes[:50], key=lambda f: f.dts * f.time_base)
+        for f in merged:
+            source.push(f)
+            await asyncio.sleep(0.002)
+        def video_stats() -> dict[str, object]:
+            v = var.stats()["video"]
+            assert isinstance(v, dict)
+            return v
 
-            await _until(lambda: {"video", "audio"} <= {f.track.kind for f in viewer.frames}
-                         and video_stats()["out"] >= 30)  # type: ignore[operator]
-            stats = video_stats()
-            # pushed faster than real time: on a slow host the step may shed (never drop) a
-            # non-reference frame once ~1 s is queued; every frame is counted either way
-            assert stats["in"] + stats["shed"] == 40 and stats["dropped"] == stats["skipped"] == 0
-            assert stats["latency_ms_p99"] is not None
-            assert {t.codec for t in var.tracks.values()} == {"mpeg1video", "mp2"}
-            var.drop_sink("viewer")  # last viewer: steps stop, the variant leaves the source
-            assert var.closed and key not in source.sinks
-        finally:
-            variant_mod.configure(processes=-1)
+        await _until(lambda: {"video", "audio"} <= {f.track.kind for f in viewer.frames}
+                     and video_stats()["out"] >= 30)  # type: ignore[operator]
+        stats = video_stats()
+        # pushed faster than real time: on a slow host the step may shed (never drop) a
+        # non-reference frame once ~1 s is queued; every frame is counted either way
+        assert stats["in"] + stats["shed"] == 40 and stats["dropped"] == stats["skipped"] == 0
+        assert stats["latency_ms_p99"] is not None
+        assert {t.codec for t in var.tracks.values()} == {"mpeg1video", "mp2"}
+        var.drop_sink("viewer")  # last viewer: steps stop, the variant leaves the source
+        assert var.closed and key not in source.sinks
 
-    _run(main)
+    _run(main, processes=processes)
 
 
 def test_audio_overtakes_queued_video_of_other_steps(media) -> None:
@@ -543,8 +543,8 @@ def test_audio_overtakes_queued_video_of_other_steps(media) -> None:
     vt, vframes = media["video"]
     at, aframes = media["audio"]
 
-    async def main() -> None:
-        p = pool_mod.get_pool(1, 1)  # one codec thread: the order alone decides
+    async def main(tc: Transcoder) -> None:
+        p = tc.pool()  # one codec thread: the order alone decides
         done: list[str] = []
         v = p.open("v", _transcode(media, "video"), vt, lambda fs: done.append("video"), 200)
         a = p.open("a", _transcode(media, "audio"), at, lambda fs: done.append("audio"), 200)
@@ -565,22 +565,22 @@ def test_audio_overtakes_queued_video_of_other_steps(media) -> None:
         v.stop()
         a.stop()
 
-    _run(main)
+    _run(main, processes=1, threads=1)
 
 
 @pytest.mark.parametrize("workers", ["processes", "threads"])
 def test_variant_starting_on_a_backlog_starts_at_its_newest_picture_with_audio(
-        media, workers: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        media, workers: str) -> None:
     """A variant that starts on a GOP in the cache only decodes the GOP up to its newest frames
     (the H.264 frames no other frame references not even that): its first picture is a keyframe
     of about the newest source picture, not the GOP's first one, and audio is released from
     that keyframe's time on: a viewer's first second is not silent."""
     vt, vframes = media["video"]
     at, aframes = media["audio"]
-    if workers == "threads":
-        monkeypatch.setattr(variant_mod, "_processes", 0)  # transcode_processes = 0
 
-    async def main() -> None:
+    async def main(tc: Transcoder) -> None:
+        if workers == "threads":
+            tc.processes = 0  # transcode_processes = 0
         source = Stream("live/backlog", StreamInfo("rtmp"), "test")
         source.set_track(vt)
         source.set_track(at)
@@ -589,12 +589,12 @@ def test_variant_starting_on_a_backlog_starts_at_its_newest_picture_with_audio(
             source.push(f)  # in the GOP cache before any viewer
         plan = _plan(media)
         key = ("variant", plan.variant_key())
-        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key))
+        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key, tc))
         viewer = var.sink("viewer", lambda s: _Collect())
         assert isinstance(var.workers["video"], variant_mod.Worker) == (workers == "threads")
         gop_video = [f for f in source.gop if f.track.kind == "video"]
         assert len(gop_video) >= 10 and source.gop[0].keyframe and vt.has_b_frames
-        decoded0, encoded0 = COUNTERS.frames_decoded, COUNTERS.frames_encoded
+        decoded0 = tc.counters.frames_decoded
         await _until(lambda: var.stats()["video"]["out"] >= 1)  # type: ignore[index]
         await asyncio.sleep(0.3)
         got = viewer.frames
@@ -610,7 +610,7 @@ def test_variant_starting_on_a_backlog_starts_at_its_newest_picture_with_audio(
         assert needed < len(gop_video)  # the non-reference B-frames are not even decoded
         audio_in = var.stats()["audio"]["in"]  # type: ignore[index]  # one AAC frame a packet
         # video pictures out of the decoder (its reorder delay holds back a few)
-        decoded = COUNTERS.frames_decoded - decoded0 - audio_in
+        decoded = tc.counters.frames_decoded - decoded0 - audio_in
         assert needed - tail <= decoded <= needed, (decoded, needed, len(gop_video))
         audio = [f for f in got if f.track.kind == "audio"]
         assert audio, "no audio reached the viewer"
@@ -653,13 +653,13 @@ def test_audio_coded_after_the_first_keyframe_but_older_than_it_is_dropped(media
         step = make_step(t, source)
         return Lagging(step, go) if t.kind == "audio" else step
 
-    async def main() -> None:
+    async def main(tc: Transcoder) -> None:
         source = Stream("live/lag", StreamInfo("rtmp"), "test")
         source.set_track(vt)
         source.set_track(at)
         plan = _plan(media)
         key = ("variant", plan.variant_key())
-        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key, factory=factory))
+        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key, tc, factory=factory))
         viewer = var.sink("viewer", lambda s: _Collect())
         merged = sorted(vframes[:20] + aframes[:30], key=lambda f: f.dts * f.time_base)
         for f in merged:
@@ -692,7 +692,7 @@ def test_a_gop_too_long_to_catch_up_on_waits_for_the_next_keyframe(
     keys = [i for i, f in enumerate(vframes) if f.keyframe]
     assert keys[:2] == [0, 30]
 
-    async def main() -> None:
+    async def main(tc: Transcoder) -> None:
         source = Stream("live/camera", StreamInfo("rtmp"), "test")
         source.set_track(vt)
         source.set_track(at)
@@ -700,7 +700,7 @@ def test_a_gop_too_long_to_catch_up_on_waits_for_the_next_keyframe(
             source.push(f)
         plan = _plan(media)
         key = ("variant", plan.variant_key())
-        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key))
+        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key, tc))
         viewer = var.sink("viewer", lambda s: _Collect())
         for f in vframes[25:50]:
             source.push(f)
@@ -723,7 +723,7 @@ def test_a_variant_starting_on_a_full_gop_drops_no_live_frame(media, monkeypatch
     at, _ = media["audio"]
     monkeypatch.setitem(variant_mod.QUEUE_FRAMES, "video", 40)
 
-    async def main() -> None:
+    async def main(tc: Transcoder) -> None:
         source = Stream("live/fullgop", StreamInfo("rtmp"), "test")
         source.set_track(vt)
         source.set_track(at)
@@ -731,7 +731,7 @@ def test_a_variant_starting_on_a_full_gop_drops_no_live_frame(media, monkeypatch
             source.push(f)  # a whole GOP in the cache before any viewer
         plan = _plan(media)
         key = ("variant", plan.variant_key())
-        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key))
+        var = source.sink(key, lambda s: variant_mod.Variant(s, plan, key, tc))
         viewer = var.sink("viewer", lambda s: _Collect())
         for f in vframes[30:70]:  # no await: nothing can be coded meanwhile
             source.push(f)
@@ -749,11 +749,13 @@ def test_prestart_starts_the_processes_with_the_gateway() -> None:
     from gateway import app
     from gateway.config import Config
 
-    async def main() -> None:
+    async def main(_: Transcoder) -> None:
         gw = await app.start(Config(host="127.0.0.1", rtmp_port=0, http_port=0,
                                     transcode_processes=1, transcode_prestart=True))
         try:
-            procs = pool_mod.get_pool().processes
+            pool = gw.ctx.transcoder.running_pool
+            assert pool is not None  # started with the gateway, before any transcode
+            procs = pool.processes
             assert len(procs) == 1 and procs[0].is_alive()
         finally:
             await gw.close()
@@ -763,7 +765,7 @@ def test_prestart_starts_the_processes_with_the_gateway() -> None:
 
 
 def test_a_one_track_source_gets_a_relay_that_costs_nothing_and_is_never_refused(
-        media, monkeypatch: pytest.MonkeyPatch) -> None:
+        media) -> None:
     """A viewer of a source with one track so far is attached to a relaying variant, so that
     the other track, if it comes, can be adopted (transcoded where needed). The relay runs no
     codec: it counts nothing against the transcode capacity and is served even when adopted
@@ -771,26 +773,26 @@ def test_a_one_track_source_gets_a_relay_that_costs_nothing_and_is_never_refused
     vt, vframes = media["video"]
     matrix = planner.load_matrix()
 
-    async def main() -> None:
-        monkeypatch.setattr(variant_mod, "_processes", 0)  # threads: no process start-up
+    async def main(tc: Transcoder) -> None:
+        tc.processes = 0  # threads: no process start-up
         other = Stream("live/busy", StreamInfo("rtmp"), "test")
         other.set_track(vt)
         other.set_track(media["audio"][0])
-        busy, _ = variant_mod.media_for(matrix, other, "h5")  # H.264 -> MPEG-1 + AAC -> MP2
+        busy, _ = tc.media_for(matrix, other, "h5")  # H.264 -> MPEG-1 + AAC -> MP2
         assert isinstance(busy, variant_mod.Variant) and busy.cost > 0.1
-        monkeypatch.setattr(variant_mod, "_capacity", 0.1)  # now past the limit
+        tc.capacity = 0.1  # now past the limit
         with pytest.raises(variant_mod.VariantRefused):
-            variant_mod.media_for(matrix, other, "webrtc")  # a new transcode is refused
+            tc.media_for(matrix, other, "webrtc")  # a new transcode is refused
         source = Stream("live/relay", StreamInfo("rtmp"), "test")
         source.set_track(vt)  # video only, so far
-        media_, plan = variant_mod.media_for(matrix, source, "rtmp")
+        media_, plan = tc.media_for(matrix, source, "rtmp")
         assert plan.passthrough_all and isinstance(media_, variant_mod.Variant)
         assert media_.cost == 0 and not media_.workers
         viewer = media_.sink("viewer", lambda s: _Collect())
         for f in vframes[:10]:
             source.push(f)
         assert [f.data for f in viewer.frames] == [f.data for f in vframes[:10]]  # as they are
-        again, _ = variant_mod.media_for(matrix, source, "rtmp")
+        again, _ = tc.media_for(matrix, source, "rtmp")
         assert again is media_  # shared by the plan's viewers
         media_.drop_sink("viewer")
         other.end("test over")

@@ -7,12 +7,13 @@ from collections import Counter
 from fractions import Fraction
 
 from gateway.media import Frame, Track
-from gateway.transcode import pool as pool_mod
+from gateway.transcode import child as child_mod
+from gateway.transcode import messages
 from gateway.transcode.step import Admission, Latency, histogram_percentile
 
 
 def _order(msgs: list[tuple[int, int, bytes]]) -> list[tuple[int, int]]:
-    work = pool_mod._Schedule()
+    work = child_mod._Schedule()
     for kind, sid, payload in msgs:
         work.add(kind, sid, payload, 0, len(payload), 0.0)
     out = []
@@ -23,7 +24,7 @@ def _order(msgs: list[tuple[int, int, bytes]]) -> list[tuple[int, int]]:
 
 
 def test_audio_steps_go_first_other_work_in_arrival_order() -> None:
-    O, F, T, C = pool_mod.OPEN, pool_mod.FRAME, pool_mod.TRACK, pool_mod.CLOSE
+    O, F, T, C = messages.OPEN, messages.FRAME, messages.TRACK, messages.CLOSE
     audio, video = b"a...", b"-..."
     msgs = [(O, 1, video), (O, 2, audio), (F, 1, b"x"), (O, 3, video), (F, 3, b"x"),
             (T, 2, b"t"), (F, 2, b"x"), (F, 1, b"x"), (F, 2, b"x"), (C, 2, b"")]
@@ -37,7 +38,7 @@ def test_audio_steps_go_first_other_work_in_arrival_order() -> None:
 
 def test_audio_results_ride_with_the_next_video_result() -> None:
     sends: list[list[bytes]] = []
-    held = pool_mod._Held(sends.append, coalesce=True)
+    held = child_mod._Held(sends.append, coalesce=True)
     held.add([b"a1"], fast=True)
     held.add([], fast=True)  # e.g. an audio track message: nothing to send
     held.add([b"a2"], fast=True)
@@ -50,12 +51,12 @@ def test_audio_results_ride_with_the_next_video_result() -> None:
     held.flush()
     assert len(sends) == 2  # nothing held, nothing sent
     held.add([b"a4"], fast=True)
-    held._since -= pool_mod.HOLD_MAX * 2  # held long enough: the next add sends
+    held._since -= child_mod.HOLD_MAX * 2  # held long enough: the next add sends
     held.add([b"a5"], fast=True)
     assert sends[-1] == [b"a4", b"a5"]
     # codec threads that share steps send every result at once (no overtaking)
     solo: list[list[bytes]] = []
-    threaded = pool_mod._Held(solo.append, coalesce=False)
+    threaded = child_mod._Held(solo.append, coalesce=False)
     threaded.add([b"a1"], fast=True)
     threaded.add([b"v1"], fast=False)
     assert solo == [[b"a1"], [b"v1"]]
@@ -81,8 +82,8 @@ def test_latency_histogram_gives_window_percentiles() -> None:
 
 
 def test_a_busy_step_is_skipped_and_each_step_keeps_its_order() -> None:
-    O, F = pool_mod.OPEN, pool_mod.FRAME
-    work = pool_mod._Schedule()
+    O, F = messages.OPEN, messages.FRAME
+    work = child_mod._Schedule()
     for kind, sid, payload in [(O, 1, b"-"), (O, 2, b"-"), (O, 3, b"a"), (F, 1, b"1"),
                                (F, 1, b"2"), (F, 2, b"1"), (F, 3, b"1"), (F, 2, b"2")]:
         work.add(kind, sid, payload, 0, len(payload), 0.0)

@@ -22,7 +22,7 @@ from gateway import planner
 from gateway.codecs import h264
 from gateway.media import Frame, Track
 from gateway.transcode.factory import make_step
-from gateway.transcode.step import COUNTERS
+from gateway.transcode.step import Counters
 from gateway.transcode.video import Threading, VideoTranscoder, nominal_rate
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
@@ -136,13 +136,14 @@ def test_h264_with_b_frames_to_mpeg1_720p(clips: dict[str, Path],
                                           capsys: pytest.CaptureFixture[str]) -> None:
     track, frames = demux(clips["h264_720p"])
     assert track.has_b_frames and any(f.pts != f.dts for f in frames)
-    before = COUNTERS.snapshot()
+    counters = Counters()  # the step's owner's
+    before = counters.snapshot()
     step = VideoTranscoder(track, "mpeg1video", width=1280, height=720, frame_rate=30.0,
-                           bitrate=1_500_000, gop=30)
+                           bitrate=1_500_000, gop=30, counters=counters)
     cpu0 = time.process_time()
     out, times = run(step, frames)
     cpu_ms = (time.process_time() - cpu0) * 1000 / len(frames)
-    after = COUNTERS.snapshot()
+    after = counters.snapshot()
     check(out, frames, "mpeg1video", (1280, 720))
     assert step.errors == 0 and step.skipped == 0
     assert sum(f.keyframe for f in out) == 3  # GOP 30 from params, 90 frames
@@ -198,11 +199,12 @@ def test_15fps_source_to_mpeg1_keeps_frames_and_timing(clips: dict[str, Path]) -
 @pytest.mark.parametrize("clip", ["mpeg1", "vp8", "h264_360p"])
 def test_to_h264_without_b_frames(clips: dict[str, Path], clip: str) -> None:
     track, frames = demux(clips[clip])
-    before = COUNTERS.snapshot()
+    counters = Counters()  # the step's owner's
+    before = counters.snapshot()
     step = VideoTranscoder(track, "h264", frame_rate=track.frame_rate, bitrate=1_000_000, gop=60,
-                           profile="baseline")
+                           profile="baseline", counters=counters)
     out, _ = run(step, frames)
-    after = COUNTERS.snapshot()
+    after = counters.snapshot()
     check(out, frames, "h264", (640, 360))
     assert out[0].track.profile in ("baseline", "constrained-baseline")
     assert step.errors == 0
@@ -239,10 +241,12 @@ def test_source_config_change_keeps_output_track(clips: dict[str, Path]) -> None
     _, f2 = demux(clips["h264_360p"])
     shift = f1[-1].pts + 100
     second = [replace(f, pts=f.pts + shift, dts=f.dts + shift) for f in f2[:30]]
-    before = COUNTERS.snapshot()
-    step = VideoTranscoder(t1, "mpeg1video", width=640, height=360, frame_rate=30.0)
+    counters = Counters()  # the step's owner's
+    before = counters.snapshot()
+    step = VideoTranscoder(t1, "mpeg1video", width=640, height=360, frame_rate=30.0,
+                           counters=counters)
     out, _ = run(step, f1[:30] + second)
-    assert COUNTERS.snapshot()["decoders_opened"] - before["decoders_opened"] == 2
+    assert counters.snapshot()["decoders_opened"] - before["decoders_opened"] == 2
     check(out, f1[:30] + second, "mpeg1video", (640, 360))
 
 

@@ -36,7 +36,7 @@ from av.audio.resampler import AudioResampler
 
 from ..codecs.aac import AacError, build_asc
 from ..media import Frame, Track
-from .step import COUNTERS, FFMPEG_ERRORS, CodecStep
+from .step import FFMPEG_ERRORS, CodecStep, Counters
 
 __all__ = ["DECODERS", "ENCODERS", "MAX_FILL", "AudioTranscoder"]
 
@@ -108,7 +108,9 @@ class AudioTranscoder(CodecStep):
     log = log  # the module's logger, for CodecStep's rate-limited errors
 
     def __init__(self, source: Track, to_codec: str, *, sample_rate: int = 0, channels: int = 0,
-                 bitrate: int = 0, options: Mapping[str, str] | None = None) -> None:
+                 bitrate: int = 0, options: Mapping[str, str] | None = None,
+                 counters: Counters | None = None) -> None:
+        self.counters = Counters() if counters is None else counters
         if source.codec not in DECODERS:
             raise ValueError(f"cannot decode audio codec {source.codec!r}")
         if to_codec not in ENCODERS:
@@ -204,7 +206,7 @@ class AudioTranscoder(CodecStep):
         # With the packet time base known, FFmpeg shifts pts when it trims a decoder pre-skip.
         ctx.options = {"pkt_timebase": f"{time_base.numerator}/{time_base.denominator}"}
         ctx.open()
-        COUNTERS.add(decoders_opened=1)
+        self.counters.add(decoders_opened=1)
         self._dec, self._dec_track, self._dec_tb = ctx, track, time_base
 
     def _config_changed(self, track: Track) -> bool:
@@ -342,7 +344,7 @@ class AudioTranscoder(CodecStep):
         if self._options:
             ctx.options = dict(self._options)
         ctx.open()
-        COUNTERS.add(encoders_opened=1)
+        self.counters.add(encoders_opened=1)
         extradata = ctx.extradata or b""
         if self.to_codec == "opus":
             delay = int.from_bytes(extradata[10:12], "little") if len(extradata) >= 12 else 312

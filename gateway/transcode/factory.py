@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from .. import planner
 from ..media import Track
 from .audio import AudioTranscoder
-from .step import Step
+from .step import Counters, Step
 from .video import Threading, VideoTranscoder
 
 __all__ = ["DEFAULT_THREADING", "make_step"]
@@ -35,8 +35,10 @@ def _num(params: Mapping[str, object], name: str) -> float:
     return value
 
 
-def make_step(t: planner.Transcode, source: Track, threading: Threading | None = None) -> Step:
-    """Step that turns ``source`` frames into ``t.to_codec`` frames with ``t.params``.
+def make_step(t: planner.Transcode, source: Track, threading: Threading | None = None,
+              counters: Counters | None = None) -> Step:
+    """Step that turns ``source`` frames into ``t.to_codec`` frames with ``t.params``, counting
+    its codecs' work in ``counters`` (its owner's; the step's own if None).
 
     ``b_frames`` is honoured only as "not required": outputs never have B-frames, because the
     gateway's low-latency targets cannot take them and it keeps ``dts == pts``.
@@ -52,6 +54,7 @@ def make_step(t: planner.Transcode, source: Track, threading: Threading | None =
             sample_rate=int(_num(params, "sample_rate")),
             channels=int(_num(params, "channels")),
             bitrate=int(_num(params, "bitrate")),
+            counters=counters,
         )
     if t.kind == "video":
         _note_unknown(params, _VIDEO_PARAMS, t)
@@ -67,6 +70,7 @@ def make_step(t: planner.Transcode, source: Track, threading: Threading | None =
             profile=profile if isinstance(profile, str) else "",
             preset=preset if isinstance(preset, str) else "",
             threading=threading or DEFAULT_THREADING,
+            counters=counters,
         )
     raise ValueError(f"no transcode step for kind {t.kind!r}")
 

@@ -66,7 +66,8 @@ def needed_for_decoding(frame: Frame, nal_length_size: int = 0) -> bool:
 
 @dataclass
 class Counters:
-    """Process-wide codec usage, so tests can prove pass-through decodes nothing."""
+    """Codec usage of one owner (a gateway's ``Transcoder``, a codec process, a lone step), so
+    that tests can prove pass-through decodes nothing; two gateways in a process count apart."""
 
     decoders_opened: int = 0
     encoders_opened: int = 0
@@ -83,9 +84,6 @@ class Counters:
         with self.lock:
             return {k: getattr(self, k) for k in
                     ("decoders_opened", "encoders_opened", "frames_decoded", "frames_encoded")}
-
-
-COUNTERS = Counters()
 
 
 class Admission:
@@ -289,6 +287,8 @@ class CodecStep:
     _dec: Any = None
     _enc: Any = None
     errors = 0
+    #: where the step counts its codecs' work: its owner's, given to the constructor, else its own
+    counters: Counters
     log = logging.getLogger(__name__)
     #: whose step this is (``live/cam~h5 h264->mpeg1video``), set by its owner (``named``): an
     #: operator must see which stream a decode error belongs to
@@ -316,7 +316,7 @@ class CodecStep:
             self._error("%s %s error: %s", ctx.name, verb, e)
             return []
         if out:
-            COUNTERS.add(**{counter: len(out)})
+            self.counters.add(**{counter: len(out)})
         return out
 
     def _error(self, msg: str, *args: object) -> None:

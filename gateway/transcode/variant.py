@@ -2,14 +2,16 @@
 
 A *variant* is the source stream after the planner's answer for one target: pass-through tracks
 are forwarded as the very same ``Frame`` objects (never decoded), transcoded tracks go through a
-``Step`` in a worker process of the transcode pool (``pool.py``: coding there never competes with
-the event loop for the GIL), or in a worker thread of the gateway process when
-``configure(processes=0)`` or a custom step factory asks for it. A variant is itself a ``Stream``
-(tracks, GOP cache, sinks), so outputs attach to it exactly as to a published stream, and every
-viewer with the same plan shares it: 100 jsmpeg viewers cost one H264->MPEG1 transcode. It starts
-with its first sink and stops (steps closed, codecs freed) when its last sink leaves. Starting one
-is refused while its cost would take the running ones past the transcode capacity, or while that
-transcode of that stream cools down after crashes (``VariantRefused``, see ``media_for``).
+``Step`` in a worker process of its gateway's transcode pool (``pool.py``: coding there never
+competes with the event loop for the GIL), or in a worker thread of the gateway process when
+``Transcoder.processes`` is 0 or a custom step factory asks for it. A variant is itself a
+``Stream`` (tracks, GOP cache, sinks), so outputs attach to it exactly as to a published stream,
+and every viewer with the same plan shares it: 100 jsmpeg viewers cost one H264->MPEG1
+transcode. It starts with its first sink and stops (steps closed, codecs freed) when its last
+sink leaves. Starting one is refused while its cost would take the running ones past the
+transcode capacity, or while that transcode of that stream cools down after crashes
+(``VariantRefused``, see ``Transcoder.media_for``): the gateway's ``Transcoder`` keeps that
+account, nothing here is module state.
 """
 
 from __future__ import annotations
@@ -20,16 +22,26 @@ import logging
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .. import planner
 from ..hub.stream import Stream
 from ..media import Frame, StreamInfo, Track
-from . import pool
-from .step import Admission, Admitted, Step, Timings, catch_up, named, needed_for_decoding
+from .step import (
+    Admission,
+    Admitted,
+    Step,
+    Timings,
+    catch_up,
+    named,
+    needed_for_decoding,
+)
+
+if TYPE_CHECKING:
+    from .pool import PoolStep
+    from .transcoder import Transcoder
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +65,7 @@ RESTART_WINDOW = 60.0
 #: After that, the same variant of the same published stream is refused for this long: each new
 #: variant would crash a process again, and with it the other streams' variants there.
 COOL_DOWN = 60.0
-
-#: Per published stream: variant key -> until when it is refused (see ``COOL_DOWN``). A new
-#: publisher on the key is a new ``Stream``, and starts with a clean slate.
-_refused: weakref.WeakKeyDictionary[Stream, dict[object, float]] = weakref.WeakKeyDictionary()
+CAPACITY_RETRY = 15.0  # s: Retry-After of a refusal for capacity
 
 
 class VariantRefused(ValueError):
@@ -66,34 +75,6 @@ class VariantRefused(ValueError):
     def __init__(self, reason: str, retry_after: float) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
-
-#: Where steps run: < 0 one worker process per CPU, 0 threads in this process, N > 0 processes.
-#: Set by the composition root from ``Config.transcode_processes`` (see ``configure``).
-_processes: int = -1
-_threads: int = 1  # codec threads per process
-#: Sum of ``planner.transcode_cost`` the running variants may take; 0: no limit. Past it a new
-#: variant is refused: one more transcode than the CPUs can carry slows every variant down
-#: together (at 17 on 2 CPUs all fell to ~26 fps), so the viewers already watching come first.
-_capacity: float = 0.0
-CAPACITY_RETRY = 15.0  # s: Retry-After of a refusal for capacity
-_running: weakref.WeakSet[Variant] = weakref.WeakSet()
-
-
-def configure(*, processes: int, threads: int = 1, capacity: float = 0.0) -> None:
-    """Choose where new variants run their steps and how many may run (see ``_capacity``);
-    variants already running keep theirs."""
-    global _processes, _threads, _capacity
-    _processes, _threads, _capacity = processes, threads, capacity
-
-
-def _used() -> float:
-    return float(sum(v.cost for v in list(_running) if not v.closed))
-
-
-def transcode_load() -> dict[str, float]:
-    """What the running variants take of the capacity, for operators (``/api/streams``)."""
-    return {"used": round(_used(), 2), "capacity": _capacity}
-
 
 #: Plans one kind of a source's tracks again for a variant's target: (its plan, its cost).
 Replan = Callable[[Mapping[str, Track], str], tuple[planner.TrackPlan | None, float]]
@@ -122,12 +103,6 @@ class TrackWorker(Protocol):
     def stop(self) -> None: ...
 
     def join(self, timeout: float = 5.0) -> None: ...
-
-
-def _default_factory(t: planner.Transcode, source: Track) -> Step:
-    from .factory import make_step
-
-    return make_step(t, source)
 
 
 class Worker(Admitted):
@@ -226,9 +201,11 @@ class Worker(Admitted):
 class Variant(Stream):
     """The source after one plan; a sink of the source and a stream for its own sinks."""
 
-    def __init__(self, source: Stream, plan: planner.Plan, key: object,
+    def __init__(self, source: Stream, plan: planner.Plan, key: object, transcoder: Transcoder,
                  factory: StepFactory | None = None, costs: dict[str, float] | None = None,
                  replan: Replan | None = None) -> None:
+        """``transcoder``: the gateway's, whose pool runs the steps and whose capacity the
+        variant takes; ``factory``: steps in threads made by it instead (tests)."""
         super().__init__(f"{source.key}~{plan.protocol}", StreamInfo(source.info.protocol),
                          source.publisher)
         self.source = source
@@ -238,9 +215,10 @@ class Variant(Stream):
         #: transcode capacity until stopped, and how its steps weigh on a codec process
         self.costs = dict(costs or {})
         self._replan = replan
-        _running.add(self)
+        self.transcoder = transcoder
+        transcoder.started(self)
         self.info.metadata = dict(source.info.metadata)
-        self._factory = factory or _default_factory
+        self._factory = factory
         self._loop = asyncio.get_running_loop()
         self.workers: dict[str, TrackWorker] = {}
         self.closed = False
@@ -356,9 +334,9 @@ class Variant(Stream):
     def _worker(self, name: str, tp: planner.Transcode, track: Track) -> TrackWorker:
         """A pool step, unless threads are configured or the factory cannot cross a process."""
         limit = QUEUE_FRAMES.get(tp.kind, 100)
-        if _processes != 0 and self._factory is _default_factory:
+        if self.transcoder.processes != 0 and self._factory is None:
             try:
-                step = pool.get_pool(_processes, _threads).open(
+                step = self.transcoder.pool().open(
                     name, tp, track, self._deliver, limit, group=self,
                     shed_at=SHED_FRAMES.get(tp.kind), weight=self.costs.get(tp.kind))
             except Exception:  # a transcode in a thread beats no transcode
@@ -366,7 +344,8 @@ class Variant(Stream):
             else:
                 step.on_failed = lambda _text: self._step_failed(step)
                 return step
-        return Worker(name, tp, track, self._factory, self._deliver, self._loop)
+        return Worker(name, tp, track, self._factory or self.transcoder.make_step, self._deliver,
+                      self._loop)
 
     def on_track(self, track: Track) -> None:
         """A new track mid-stream (a publisher's new sequence header: other size, sample rate).
@@ -427,7 +406,7 @@ class Variant(Stream):
         else:
             self.push(frame)
 
-    def _step_failed(self, step: pool.PoolStep) -> None:
+    def _step_failed(self, step: PoolStep) -> None:
         """A step's process died (a crash in a codec, the OOM killer, a kill): the variants it
         hosted belong to other streams too, so each restarts its step in a live process and its
         viewers keep playing (video again at once: the new decoder catches up on the source's
@@ -448,7 +427,7 @@ class Variant(Stream):
             reason = (f"{step.kind} transcoder failed {n} time{'s' if n > 1 else ''} in "
                       f"{RESTART_WINDOW:.0f} s ({step.failed})")
             log.error("%s: %s; variant ended, refused for %.0f s", self.key, reason, COOL_DOWN)
-            _refused.setdefault(self.source, {})[self.key_in_source] = now + COOL_DOWN
+            self.transcoder.refuse(self.source, self.key_in_source, COOL_DOWN)
             self._stop()
             self.end(reason)
             self.source.drop_sink(self.key_in_source)
@@ -503,39 +482,3 @@ class Variant(Stream):
                          **w.timings.stats()}
         return out
 
-
-def media_for(matrix: planner.Matrix, stream: Stream,
-              target: str | planner.TargetSpec) -> tuple[Stream, planner.Plan]:
-    """The stream a viewer of ``target`` should attach to: the source itself when every track
-    passes through, else the shared variant for this plan (started now if it is the first;
-    ``VariantRefused`` while that transcode of this stream is cooling down after crashes).
-
-    A source with one track so far gets a variant even when that track passes through (it
-    costs no codec: it only relays): its other track may still come (a TS publisher that began
-    mid-GOP has video from its first keyframe, seconds after the audio), and may need a
-    transcode for this viewer (H.264 for jsmpeg), which only a variant can adopt."""
-    plan = planner.plan(matrix, stream.tracks, target)
-    if plan.passthrough_all and len(stream.tracks) >= 2:
-        return stream, plan
-    key = ("variant", plan.variant_key())
-    running = stream.sinks.get(key)
-    if isinstance(running, Variant):  # joining it costs nothing more
-        return running, plan
-    until = _refused.get(stream, {}).get(key)
-    if until is not None and (wait := until - time.monotonic()) > 0:
-        raise VariantRefused(f"{stream.key}: transcoding it for {plan.protocol} crashed repeatedly; "
-                             f"try again in {wait:.0f} s", wait)
-    costs = {t.kind: planner.transcode_cost(matrix, t) for t in plan.transcodes}
-    cost = sum(costs.values())
-    if _capacity > 0 and cost > 0:  # (a relay of a one-track source costs nothing)
-        used = _used()
-        if used + cost > _capacity + 1e-9:  # (the caller logs the refusal)
-            raise VariantRefused(
-                f"{stream.key}: the gateway's transcode capacity is in use ({used:.1f} of "
-                f"{_capacity:g}; transcoding this stream for {plan.protocol} needs {cost:.2f}); "
-                f"try again later", CAPACITY_RETRY)
-    def replan(tracks: Mapping[str, Track], kind: str) -> tuple[planner.TrackPlan | None, float]:
-        tp = planner.plan(matrix, tracks, target).get(kind)
-        return tp, planner.transcode_cost(matrix, tp) if isinstance(tp, planner.Transcode) else 0.0
-
-    return stream.sink(key, lambda s: Variant(s, plan, key, costs=costs, replan=replan)), plan

@@ -31,7 +31,7 @@ from av.video.reformatter import VideoReformatter
 
 from ..codecs import h264
 from ..media import Frame, Track
-from .step import COUNTERS, FFMPEG_ERRORS, CodecStep
+from .step import FFMPEG_ERRORS, CodecStep, Counters
 
 __all__ = [
     "DECODERS",
@@ -101,7 +101,9 @@ class VideoTranscoder(CodecStep):
     def __init__(self, source: Track, to_codec: str, *, width: int = 0, height: int = 0,
                  frame_rate: float = 0.0, bitrate: int = 0, gop: int = 0, profile: str = "",
                  preset: str = "", threading: Threading | None = None,
-                 options: Mapping[str, str] | None = None) -> None:
+                 options: Mapping[str, str] | None = None,
+                 counters: Counters | None = None) -> None:
+        self.counters = Counters() if counters is None else counters
         if source.codec not in DECODERS:
             raise ValueError(f"cannot decode video codec {source.codec!r}")
         if to_codec not in ENCODERS:
@@ -253,7 +255,7 @@ class VideoTranscoder(CodecStep):
         ctx.thread_type = self.threading.thread_type
         ctx.options = {"pkt_timebase": f"{time_base.numerator}/{time_base.denominator}"}
         ctx.open()
-        COUNTERS.add(decoders_opened=1)
+        self.counters.add(decoders_opened=1)
         self._dec, self._dec_track, self._dec_tb = ctx, track, time_base
 
     # -- encoding ---------------------------------------------------------------------------
@@ -289,7 +291,7 @@ class VideoTranscoder(CodecStep):
                        "auto-alt-ref": "0", "error-resilient": "1"}
         ctx.options = {**options, **self._options}
         ctx.open()
-        COUNTERS.add(encoders_opened=1)
+        self.counters.add(encoders_opened=1)
         self._enc = ctx
         self._counter = 0
         self._pending.clear()
