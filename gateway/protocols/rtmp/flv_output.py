@@ -10,7 +10,7 @@ from ...hub.output import Output
 TAG_AUDIO, TAG_VIDEO, TAG_SCRIPT = 8, 9, 18
 
 
-class FlvOutput(Output):
+class FlvOutput(tags.SharedBodies, Output):
     format_name = "flv"
 
     def carries(self, track: Track) -> bool:
@@ -46,4 +46,4 @@ class FlvOutput(Output):
 
     def frame_bytes(self, frame: Frame) -> bytes:
         tag_type = TAG_VIDEO if frame.track.kind == "video" else TAG_AUDIO
-        return flv.encode_tag(tag_type, frame.dts_ms() & 0xFFFFFFFF, tags.frame_body(frame))
+        return flv.encode_tag(tag_type, frame.dts_ms() & 0xFFFFFFFF, self.body_of(frame))

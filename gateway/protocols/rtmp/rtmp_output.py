@@ -22,7 +22,7 @@ def _msg(type_id: int, ts: int, payload: bytes, csid: int) -> bytes:
     return encode_message(type_id, PLAY_STREAM_ID, ts & 0xFFFFFFFF, payload, csid, CHUNK_SIZE)
 
 
-class RtmpOutput(Output):
+class RtmpOutput(tags.SharedBodies, Output):
     format_name = "rtmp"
 
     def carries(self, track: Track) -> bool:
@@ -55,5 +55,5 @@ class RtmpOutput(Output):
 
     def frame_bytes(self, frame: Frame) -> bytes:
         if frame.track.kind == "video":
-            return _msg(MSG_VIDEO, frame.dts_ms(), tags.frame_body(frame), CSID_VIDEO)
-        return _msg(MSG_AUDIO, frame.dts_ms(), tags.frame_body(frame), CSID_AUDIO)
+            return _msg(MSG_VIDEO, frame.dts_ms(), self.body_of(frame), CSID_VIDEO)
+        return _msg(MSG_AUDIO, frame.dts_ms(), self.body_of(frame), CSID_AUDIO)
