@@ -29,9 +29,7 @@ from gateway.config import Config
 from gateway.hub import stream as stream_mod
 from gateway.wire import flv
 from gateway.wire.mpegts import TsDemuxer
-from gateway.transcode import pool as pool_mod
 from gateway.transcode import variant as variant_mod
-from gateway.transcode.step import COUNTERS
 
 T = TypeVar("T")
 
@@ -165,7 +163,7 @@ def test_jsmpeg_viewers_share_one_transcoder_and_it_stops(gateway: RunningGatewa
                                                            clips) -> None:
     publish(clips["plain"], "live/cam")
     stream = gateway.gw.hub.streams["live/cam"]
-    before = COUNTERS.snapshot()
+    before = gateway.gw.ctx.transcoder.counters.snapshot()
 
     async def two_viewers() -> None:
         await asyncio.gather(ws_collect(gateway.ws_url("live/cam.jsmpeg"), 2.0),
@@ -179,7 +177,7 @@ def test_jsmpeg_viewers_share_one_transcoder_and_it_stops(gateway: RunningGatewa
         return len(variants)
 
     assert asyncio.run(watch()) == 1  # one variant for both viewers
-    after = COUNTERS.snapshot()
+    after = gateway.gw.ctx.transcoder.counters.snapshot()
     assert after["encoders_opened"] - before["encoders_opened"] == 2  # MPEG-1 + MP2, once
     deadline = time.monotonic() + 5
     while any(isinstance(k, tuple) for k in stream.sinks) and time.monotonic() < deadline:
@@ -189,12 +187,12 @@ def test_jsmpeg_viewers_share_one_transcoder_and_it_stops(gateway: RunningGatewa
 
 def test_passthrough_decodes_nothing(gateway: RunningGateway, publish, clips, tmp_path: Path) -> None:
     publish(clips["plain"], "live/cam")
-    before = COUNTERS.snapshot()
+    before = gateway.gw.ctx.transcoder.counters.snapshot()
     r = capture(gateway.rtmp_url("live/cam"), tmp_path / "a.flv", 2.0)
     assert r.returncode == 0, r.stderr
     r = capture(gateway.http_url("live/cam.flv"), tmp_path / "b.flv", 2.0)
     assert r.returncode == 0, r.stderr
-    assert COUNTERS.snapshot() == before
+    assert gateway.gw.ctx.transcoder.counters.snapshot() == before
 
 
 def _h5_publisher(url: str, seconds: int = 30, codecs: str = "mpeg1",
@@ -238,9 +236,10 @@ def test_h5_publish_to_jsmpeg_passes_through(gateway: RunningGateway, method: st
     pub = _h5_publisher(gateway.http_url("live/h5.ts"), method=method)
     try:
         gateway.wait_stream("live/h5", timeout=10)
-        before = COUNTERS.snapshot()
+        before = gateway.gw.ctx.transcoder.counters.snapshot()
         data = asyncio.run(ws_collect(gateway.ws_url("live/h5.jsmpeg"), 2.0))
-        assert COUNTERS.snapshot() == before  # MPEG-1/MP2 in, MPEG-1/MP2 out: nothing decoded
+        # MPEG-1/MP2 in, MPEG-1/MP2 out: nothing decoded
+        assert gateway.gw.ctx.transcoder.counters.snapshot() == before
         frames = _decode_ts(data)
         assert frames["codecs"][0] == {"video": "mpeg1video", "audio": "mp2"}
         assert frames["video"][0].key_frame and len(frames["video"]) >= 30
@@ -795,7 +794,8 @@ def test_viewer_churn_leaves_no_transcoder_behind(gateway: RunningGateway, publi
                         got += len(msg.data)
 
     asyncio.run(churn())
-    pool = pool_mod._POOLS[gateway.loop]
+    pool = gateway.gw.ctx.transcoder.running_pool
+    assert pool is not None
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and (
             any(isinstance(k, tuple) for k in stream.sinks)
@@ -840,7 +840,8 @@ def test_stalled_jsmpeg_viewer_is_cut_off_and_its_connection_closed(gateway: Run
 
 def _kill_codec_processes(gateway: RunningGateway) -> list[int]:
     """SIGKILL every transcode process of the gateway, as a crash in a codec or the OOM killer would."""
-    pool = pool_mod._POOLS[gateway.loop]
+    pool = gateway.gw.ctx.transcoder.running_pool
+    assert pool is not None
     pids = [c.process.pid for c in pool._children if c is not None and c.alive]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
@@ -894,7 +895,8 @@ def test_viewers_keep_playing_when_a_transcode_process_dies(gateway: RunningGate
         assert variant.restarts == {"video": 1, "audio": 1}, variant.restarts
         assert variant.stats()["video"]["restarts"] == 1  # what /api/streams shows
     assert not any(stream.ended for stream in streams)
-    pool = pool_mod._POOLS[gateway.loop]
+    pool = gateway.gw.ctx.transcoder.running_pool
+    assert pool is not None
     assert not {c.process.pid for c in pool._children if c is not None} & set(pids)
 
 

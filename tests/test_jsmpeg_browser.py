@@ -17,7 +17,6 @@ import pytest
 from browser import Chromium, require_chromium, run
 from conftest import FFMPEG, Publisher, RunningGateway, _start_gateway
 from gateway.config import Config
-from gateway.transcode import variant as variant_mod
 
 
 def _picture(png: bytes) -> np.ndarray:
@@ -187,7 +186,7 @@ def test_player_page_says_why_there_are_no_pictures(clips) -> None:
                                      timeout=20)
                     seen[page] = await b.evaluate("document.getElementById('status').textContent")
                 # room again: JSMpeg's own retry (every 5 s) plays without a reload
-                gateway.call(lambda: variant_mod.configure(processes=-1, capacity=0.0))
+                gateway.call(lambda: setattr(gateway.gw.ctx.transcoder, "capacity", 0.0))
                 await b.wait_for("window.player.frames >= 15", timeout=30)
             return seen
 

@@ -17,7 +17,6 @@ from browser import Chromium, require_chromium
 from conftest import RunningGateway
 
 from gateway.protocols.webrtc.routes import SESSIONS
-from gateway.transcode.step import COUNTERS
 from gateway.protocols.webrtc.whep import WhepSession
 from gateway.protocols.webrtc.whip import WhipSession
 
@@ -41,7 +40,7 @@ def test_browser_publishes_whip_plays_whep_and_ffmpeg_reads_flv(
                         if isinstance(s, WhipSession))
             # Chromium offers H.264 and VP8: the gateway takes H.264 so FLV gets it as it is
             assert whip.codecs == {"video": "h264", "audio": "opus"}, whip.codecs
-            decoders = COUNTERS.snapshot()["decoders_opened"]
+            decoders = gateway.gw.ctx.transcoder.counters.snapshot()["decoders_opened"]
 
             async with Chromium(exe) as viewer:
                 await viewer.open(gateway.http_url(f"{key}.html"))
@@ -59,7 +58,8 @@ def test_browser_publishes_whip_plays_whep_and_ffmpeg_reads_flv(
                 whep = next(s for s in gateway.gw.http_runner.app[SESSIONS].values()
                             if isinstance(s, WhepSession))
                 assert whep.plan is not None and whep.plan.passthrough_all, whep.plan
-                assert COUNTERS.snapshot()["decoders_opened"] == decoders  # pure pass-through
+                after = gateway.gw.ctx.transcoder.counters.snapshot()
+                assert after["decoders_opened"] == decoders  # pure pass-through
 
                 # the browser's HTTP-FLV player, the first viewer of the Opus -> AAC variant:
                 # its FLV header must name the AAC still being coded (mpegts.js on MSE fails

@@ -30,7 +30,6 @@ from gateway.codecs import h264
 from gateway.config import Config
 from gateway.media import Frame, Track
 from gateway.protocols.webrtc.routes import SESSIONS
-from gateway.transcode.step import COUNTERS
 from gateway.protocols.webrtc import SessionError, Settings, seam
 from gateway.wire import sdp
 from gateway.protocols.webrtc import whip as whip_mod
@@ -449,7 +448,7 @@ def test_whip_session_lifecycle_trickle_busy_delete(gateway: RunningGateway, h26
 def test_whip_to_whep_is_pure_pass_through(gateway: RunningGateway, h264_clip: Clip) -> None:
     """H264+Opus in, the same H264+Opus out: nothing decoded or encoded in the gateway, and the
     viewer's own decoder shows a picture at once."""
-    before = COUNTERS.snapshot()
+    before = gateway.gw.ctx.transcoder.counters.snapshot()
 
     async def main() -> None:
         pub = whip_client(gateway, h264_clip, "live/pt")
@@ -483,8 +482,10 @@ def test_whip_to_whep_is_pure_pass_through(gateway: RunningGateway, h264_clip: C
         await pub.close()
 
     run(main())
-    assert COUNTERS.snapshot()["decoders_opened"] == before["decoders_opened"]
-    assert COUNTERS.snapshot()["encoders_opened"] == before["encoders_opened"]
+    assert (gateway.gw.ctx.transcoder.counters.snapshot()["decoders_opened"]
+            == before["decoders_opened"])
+    assert (gateway.gw.ctx.transcoder.counters.snapshot()["encoders_opened"]
+            == before["encoders_opened"])
 
 
 class ClientLoop:
@@ -618,9 +619,9 @@ def _capture_while_publishing(gateway: RunningGateway, clip: Clip, key: str, out
 def test_whip_to_http_flv_video_passed_through_opus_to_aac_in_sync(
         gateway: RunningGateway, h264_clip: Clip, tmp_path: Path) -> None:
     out = tmp_path / "whip.flv"
-    before = COUNTERS.snapshot()
+    before = gateway.gw.ctx.transcoder.counters.snapshot()
     _capture_while_publishing(gateway, h264_clip, "live/flv", out, 4.5)
-    delta = {k: COUNTERS.snapshot()[k] - before[k] for k in before}
+    delta = {k: gateway.gw.ctx.transcoder.counters.snapshot()[k] - before[k] for k in before}
     assert delta["decoders_opened"] == 1 and delta["encoders_opened"] == 1, delta  # audio only
     p = flvcheck.probe(out)
     assert p.codecs == {"video": "h264", "audio": "aac"}, p.codecs
@@ -634,7 +635,7 @@ def test_whip_to_http_flv_video_passed_through_opus_to_aac_in_sync(
 
 
 def test_whip_vp8_to_whep_vp8_passes_through(gateway: RunningGateway, vp8_clip: Clip) -> None:
-    before = COUNTERS.snapshot()
+    before = gateway.gw.ctx.transcoder.counters.snapshot()
 
     async def main() -> None:
         pub = whip_client(gateway, vp8_clip, "live/vp8pt")
@@ -649,7 +650,8 @@ def test_whip_vp8_to_whep_vp8_passes_through(gateway: RunningGateway, vp8_clip: 
         await pub.close()
 
     run(main())
-    assert COUNTERS.snapshot()["decoders_opened"] == before["decoders_opened"]
+    assert (gateway.gw.ctx.transcoder.counters.snapshot()["decoders_opened"]
+            == before["decoders_opened"])
 
 
 def test_whip_vp8_publisher_reaches_flv_as_h264(gateway: RunningGateway, vp8_clip: Clip,
@@ -666,7 +668,7 @@ def test_whip_vp8_publisher_reaches_flv_as_h264(gateway: RunningGateway, vp8_cli
 def test_rtmp_to_whep(gateway: RunningGateway, publish, clips, clip: str, video_plan: str) -> None:  # type: ignore[no-untyped-def]
     """AAC always becomes Opus; H264 passes through unless it has B-frames (then re-encoded)."""
     publish(clips[clip], "live/rtmp")
-    before = COUNTERS.snapshot()
+    before = gateway.gw.ctx.transcoder.counters.snapshot()
 
     async def main() -> WhepSession:
         viewer = WhepClient(gateway.http_url("live/rtmp/whep"))
@@ -683,7 +685,7 @@ def test_rtmp_to_whep(gateway: RunningGateway, publish, clips, clip: str, video_
 
     session = run(main())
     assert video_plan in str(session.plan) and "aac -> opus" in str(session.plan), session.plan
-    delta = {k: COUNTERS.snapshot()[k] - before[k] for k in before}
+    delta = {k: gateway.gw.ctx.transcoder.counters.snapshot()[k] - before[k] for k in before}
     assert delta["encoders_opened"] == (1 if clip == "plain" else 2), delta  # Opus (+ H264)
 
 
@@ -711,7 +713,7 @@ def test_rtmp_high10_source_is_re_encoded_for_whep(gateway: RunningGateway, publ
 def test_video_only_whep_viewer_costs_no_audio_transcode(gateway: RunningGateway, publish, clips) -> None:  # type: ignore[no-untyped-def]
     """A kind the viewer did not offer is dropped, not transcoded for nobody."""
     publish(clips["plain"], "live/vo")
-    before = COUNTERS.snapshot()
+    before = gateway.gw.ctx.transcoder.counters.snapshot()
 
     async def main() -> WhepSession:
         viewer = WhepClient(gateway.http_url("live/vo/whep"), audio=False)
@@ -724,7 +726,8 @@ def test_video_only_whep_viewer_costs_no_audio_transcode(gateway: RunningGateway
 
     session = run(main())
     assert "h264 pass-through" in str(session.plan) and "aac -> opus" not in str(session.plan)
-    assert COUNTERS.snapshot()["encoders_opened"] == before["encoders_opened"]
+    assert (gateway.gw.ctx.transcoder.counters.snapshot()["encoders_opened"]
+            == before["encoders_opened"])
 
 
 def test_whip_asks_a_publisher_that_starts_mid_gop_for_a_keyframe(
