@@ -55,8 +55,8 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from gateway.codecs import h264
 from gateway.protocols.webrtc import seam
-from gateway.protocols.webrtc.whep import WhepClient
-from gateway.protocols.webrtc.whip import WhipClient
+from gateway.testing import WhepClient
+from gateway.testing import WhipClient
 
 BITS = 16
 CELL = 24  # barcode cell size in pixels

@@ -13,10 +13,14 @@ from . import planner
 from .config import Config
 from .context import Context
 from .cpus import usable_cpus
+from .hub.sessions import Authorize, OnMissing, Sessions
 from .hub.stream import Hub
-from .web import app as http
+from .protocols.h5 import routes as h5_routes
+from .protocols.rtmp import routes as rtmp_routes
 from .protocols.rtmp import server as rtmp
-from .transcode import pool, variant
+from .protocols.webrtc import routes as webrtc_routes
+from .transcode.transcoder import Transcoder
+from .web import app as http
 
 log = logging.getLogger("gateway")
 
@@ -38,25 +42,28 @@ class Gateway:
         self.hub.close()
         await self.http_runner.cleanup()
         await self.rtmp_server.wait_closed()
-        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        await asyncio.get_running_loop().run_in_executor(None, self.ctx.transcoder.shutdown)
 
 
-async def start(config: Config) -> Gateway:
-    capacity = config.effective_transcode_capacity()
-    variant.configure(processes=config.transcode_processes, threads=config.transcode_threads,
-                      capacity=capacity)
-    workers = config.transcode_processes
+async def start(config: Config, *, authorize: Authorize | None = None,
+                on_missing: OnMissing | None = None) -> Gateway:
+    """Start serving ``config``; ``authorize`` and ``on_missing`` are the session service's
+    hooks (default: everything allowed; an unknown key is not found)."""
+    transcoder = Transcoder.from_config(config)
+    capacity = transcoder.capacity
     log.info("transcoding: capacity %s (in 720p30 H.264->MPEG-1 transcodes), %s; %d usable CPU(s)",
-             f"{capacity:g}" if capacity else "unlimited",
-             "threads of this process" if workers == 0
-             else f"{workers if workers > 0 else pool.default_processes()} worker processes",
-             usable_cpus())
+             f"{capacity:g}" if capacity else "unlimited", transcoder.describe(), usable_cpus())
     if config.transcode_prestart and config.transcode_processes != 0:
-        pool.get_pool(config.transcode_processes, config.transcode_threads)
+        transcoder.prestart()
     hub = Hub()
-    ctx = Context(config, hub, planner.load_matrix(config.matrix_dir or None))
+    matrix = planner.load_matrix(config.matrix_dir or None)
+    sessions = Sessions(hub, matrix, transcoder, publish_timeout=config.publish_timeout,
+                        authorize=authorize, on_missing=on_missing)
+    ctx = Context(config, hub, matrix, transcoder, sessions)
     rtmp_server = await rtmp.serve(ctx)
-    runner = web.AppRunner(http.make_app(ctx), handler_cancellation=True, access_log=None)
+    app = http.make_app(ctx, [rtmp_routes.add_routes, h5_routes.add_routes,
+                              webrtc_routes.add_routes])
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.http_port, backlog=4096)
     await site.start()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,7 +75,8 @@ class RunningGateway:
         raise TimeoutError(f"stream {key} did not go live within {timeout}s")
 
 
-def _start_gateway(config: Config) -> Iterator[RunningGateway]:
+def _start_gateway(config: Config, **hooks: Any) -> Iterator[RunningGateway]:
+    """A gateway on its own loop thread; ``hooks``: the session service's (``app.start``)."""
     try:  # the loop production uses (gateway serve runs on uvloop when installed)
         import uvloop
 
@@ -87,7 +89,7 @@ def _start_gateway(config: Config) -> Iterator[RunningGateway]:
     def run() -> None:
         asyncio.set_event_loop(loop)
         try:
-            box.append(loop.run_until_complete(app_mod.start(config)))
+            box.append(loop.run_until_complete(app_mod.start(config, **hooks)))
         except BaseException as e:  # noqa: BLE001
             box.append(e)
         started.set()

@@ -22,14 +22,21 @@ from typing import TypeVar
 import aiohttp
 import av
 import pytest
-
-from conftest import FFMPEG, FFPROBE, Publisher, RunningGateway, _start_gateway, kill_while_coding
+from conftest import (
+    FFMPEG,
+    FFPROBE,
+    Publisher,
+    RunningGateway,
+    _start_gateway,
+    kill_while_coding,
+)
 from flvcheck import assert_cut_off, capture, probe, ws_collect
+
 from gateway.config import Config
 from gateway.hub import stream as stream_mod
+from gateway.transcode import variant as variant_mod
 from gateway.wire import flv
 from gateway.wire.mpegts import TsDemuxer
-from gateway.transcode import variant as variant_mod
 
 T = TypeVar("T")
 
@@ -657,6 +664,7 @@ def test_a_browser_flv_viewer_that_comes_before_a_ts_publishers_video_gets_the_v
     header names the AAC still being coded from the MP2: without it the player failed the
     same way when the audio came after the video."""
     from browser import Chromium, require_chromium
+
     from gateway.static import find_asset
 
     exe = require_chromium()
@@ -688,7 +696,7 @@ def test_late_video_is_not_transcoded_for_a_webrtc_viewer_with_no_video_sender(
     """A WHEP viewer answered while the source had audio only has no video sender: the video
     that comes later must not start an MPEG-1 -> H.264 transcode (libx264, ~2 of the transcode
     capacity's units) that nobody receives."""
-    from gateway.protocols.webrtc.whep import WhepClient
+    from gateway.testing import WhepClient
 
     publisher = _publish_late_video(gateway, "live/latewhep", _late_video_ts(5), 5.0)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.hub.fanout import Fanout, Limits, Viewer, http_chunk, ws_binary
+from gateway.hub.fanout import Fanout, Limits, Viewer
+from gateway.web.framing import http_chunk, ws_binary
 from gateway.hub.stream import Hub, StreamBusy, StreamNotFound
 from gateway.media import Frame, StreamInfo, Track
 

@@ -29,12 +29,14 @@ from conftest import FFMPEG, RunningGateway, _start_gateway, kill_while_coding
 from gateway.codecs import h264
 from gateway.config import Config
 from gateway.media import Frame, Track
-from gateway.protocols.webrtc.routes import SESSIONS
 from gateway.protocols.webrtc import SessionError, Settings, seam
-from gateway.wire import sdp
 from gateway.protocols.webrtc import whip as whip_mod
-from gateway.protocols.webrtc.whep import PacketTrack, WhepClient, WhepSession
-from gateway.protocols.webrtc.whip import Timeline, WhipClient
+from gateway.protocols.webrtc.routes import SESSIONS
+from gateway.protocols.webrtc.whep import PacketTrack, WhepSession
+from gateway.testing import WhepClient, WhipClient
+from gateway.wire import sdp
+from gateway.wire.rtp import clock as clock_mod
+from gateway.wire.rtp.clock import RtpClock
 
 VIDEO_TB = fractions.Fraction(1, 90000)
 AUDIO_TB = fractions.Fraction(1, 48000)
@@ -298,7 +300,7 @@ def test_sdpfrag() -> None:
 def test_timeline_aligns_tracks_on_sender_reports() -> None:
     """Video arrives 40 ms later than audio captured at the same instant; before any report
     arrival time rules, after both reports the publisher's NTP clock does."""
-    tl = Timeline()
+    tl = RtpClock()
     tl.add("video", 90000)
     tl.add("audio", 48000)
     v0, a0 = 1_000_000, 4_000_000_000  # random RTP origins (audio about to wrap)
@@ -318,7 +320,7 @@ def test_timeline_ignores_report_jitter_and_follows_real_drift() -> None:
     """A report pairs a packet's RTP time with when it was sent: packets sent late (here up
     to 40 ms, a loaded sender) must not move the clock; a real move of the sender's clock
     relation (here 50 ms) does, once it shows in every report of the window."""
-    tl = Timeline()
+    tl = RtpClock()
     tl.add("video", 90000)
     v0, ntp0 = 1_000_000, 3_900_000_000.0
     tl.seconds("video", v0, arrival=100.0)
@@ -332,7 +334,7 @@ def test_timeline_ignores_report_jitter_and_follows_real_drift() -> None:
     for i, late in enumerate([0.033, 0.005, 0.040, 0.012, 0.027, 0.001, 0.038]):
         report(2.0 + i, late)
         assert tl.seconds("video", v0 + 3 * 90000, arrival=103.0) == anchored
-    for i in range(whip_mod.SR_WINDOW):  # the sender's clock relation really moved by 50 ms
+    for i in range(clock_mod.SR_WINDOW):  # the sender's clock relation really moved by 50 ms
         report(10.0 + i, 0.0, shift=0.050)
     assert tl.seconds("video", v0 + 3 * 90000, arrival=103.0) == pytest.approx(anchored + 0.050)
     report(20.0, 0.0, shift=2.050)  # a step of the sender's clocks counts at once

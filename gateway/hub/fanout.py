@@ -45,7 +45,7 @@ class Viewer:
     """One connection receiving one fan-out. ``on_end`` is called exactly once."""
 
     __slots__ = ("transport", "label", "on_end", "waiting_key", "behind_since", "ended", "drops",
-                 "fresh")
+                 "fresh", "base", "skipped")
 
     def __init__(self, transport: Transport, label: str, on_end: Callable[[str], None]) -> None:
         self.transport = transport
@@ -56,35 +56,29 @@ class Viewer:
         self.ended = False
         self.drops = 0
         self.fresh = False  # joined before any keyframe: gets the header with its first batch
+        # bytes written = fan-out's ``produced`` - ``base`` - ``skipped``: counted off the hot path
+        self.base = 0
+        self.skipped = 0
 
     def end(self, reason: str) -> None:
         if not self.ended:
             self.ended = True
             self.on_end(reason)
 
+    def stats(self, fanout: Fanout) -> dict[str, int]:
+        """Bytes written to this viewer, batches it dropped to catch up, its queue (bytes)."""
+        t = self.transport
+        return {"bytes_out": fanout.produced - self.base - self.skipped, "drops": self.drops,
+                "queue_bytes": 0 if t.is_closing() else t.get_write_buffer_size()}
 
+
+#: how one batch is put on a transport (HTTP chunk, WebSocket frame: see ``web.framing``), done
+#: once per batch for all viewers of the fan-out
 Framing = Callable[[bytes], bytes]
 
 
 def identity(data: bytes) -> bytes:
     return data
-
-
-def http_chunk(data: bytes) -> bytes:
-    """HTTP/1.1 chunked transfer-coding of one batch (made once, shared by all viewers)."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def ws_binary(data: bytes) -> bytes:
-    """One unmasked server-to-client WebSocket binary frame (RFC 6455)."""
-    n = len(data)
-    if n < 126:
-        head = bytes((0x82, n))
-    elif n < 1 << 16:
-        head = bytes((0x82, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x82, 127)) + n.to_bytes(8, "big")
-    return head + data
 
 
 class Fanout:
@@ -105,6 +99,7 @@ class Fanout:
         self._gop_valid = False
         self.batches = 0
         self.bytes_out = 0
+        self.produced = 0  # bytes of every batch so far (what a viewer that got all got)
 
     # -- producer side -------------------------------------------------------------------
 
@@ -148,6 +143,7 @@ class Fanout:
 
     def _send(self, data: bytes, key: bool) -> None:
         self.batches += 1
+        self.produced += len(data)
         lim = self.limits
         gone: list[tuple[Viewer, str]] | None = None
         now = 0.0
@@ -155,6 +151,7 @@ class Fanout:
         for v in self.viewers:
             t = v.transport
             if v.waiting_key and not key:
+                v.skipped += len(data)
                 if now == 0.0:
                     now = time.monotonic()
                 if now - v.behind_since > lim.max_behind:
@@ -171,6 +168,7 @@ class Fanout:
                     gone = gone or []
                     gone.append((v, f"write buffer above {lim.hard_limit} bytes, disconnected"))
                     continue
+                v.skipped += len(data)
                 if not v.waiting_key:
                     if now == 0.0:
                         now = time.monotonic()
@@ -188,6 +186,7 @@ class Fanout:
                 v.waiting_key = False
                 if v.fresh:
                     v.fresh = False
+                    v.base -= len(self.header)
                     t.write(self.header)  # as of now: configs that arrived while it waited
             try:
                 t.write(data)
@@ -215,12 +214,15 @@ class Fanout:
             sock = getattr(viewer.transport, "get_extra_info", lambda _n: None)("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.socket_send_buffer)
+        viewer.base = self.produced
         if not self._gop_valid:
             viewer.waiting_key = True  # never start mid-GOP
             viewer.fresh = send_initial
             viewer.behind_since = time.monotonic()
         elif send_initial:
-            viewer.transport.write(self.initial())
+            initial = self.initial()
+            viewer.base -= len(initial)
+            viewer.transport.write(initial)
         self.viewers.append(viewer)
 
     def remove(self, viewer: Viewer, reason: str = "left") -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from ..media import Frame, Track
 from .fanout import Fanout, Framing, Limits, Viewer
 from .stream import Stream
-from ..media import Frame, Track
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ WebSocket message is a whole number of TS packets.
 from __future__ import annotations
 
 from ...hub.fanout import Limits
+from ...hub.output import Output
 from ...hub.stream import Stream
 from ...media import Frame, Track
 from ...wire.mpegts import TsMuxer
-from ...hub.output import Output
 
 JSMPEG_CODECS = frozenset({"mpeg1video", "mp2"})
 

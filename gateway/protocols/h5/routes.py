@@ -14,12 +14,21 @@ from typing import Protocol
 
 from aiohttp import StreamReader, WSCloseCode, WSMsgType, web
 
-from ...hub.stream import HubError, Stream
-from .ingest import TsIngest
-from ...media import StreamInfo
-from .jsmpeg import JsmpegOutput
+from ...hub.sessions import Publisher, Refusal
+from ...web.common import (
+    CORS,
+    CTX,
+    WS_CLOSE_TIMEOUT,
+    close_reason,
+    peer,
+    query,
+    refused,
+    stream_key,
+)
+from ...web.viewer import play
 from ...wire.mpegts import TsError
-from ...web.app import CORS, CTX, WS_CLOSE_TIMEOUT, _key, _peer, close_reason, play
+from .ingest import TsIngest
+from .jsmpeg import JsmpegOutput
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +40,6 @@ COALESCE_BYTES = 16 << 10  # ... unless there are this many bytes already
 async def jsmpeg(request: web.Request) -> web.StreamResponse:
     """jsmpeg over WebSocket (or the same TS over chunked HTTP for TS-reading tools)."""
     return await play(request, "h5", "jsmpeg", JsmpegOutput, "video/mp2t")
-
-
-def _publish(request: web.Request) -> tuple[Stream, TsIngest]:
-    key = _key(request)
-    try:
-        stream = request.app[CTX].hub.publish(key, StreamInfo("h5"), f"ts {_peer(request)}")
-    except HubError as e:
-        raise web.HTTPConflict(text=f"{e}\n", headers=CORS) from None
-    return stream, TsIngest(stream)
-
-
-def _idle(request: web.Request, stream: Stream, timeout: float | None) -> str:
-    """Log and return why an idle publisher is being disconnected."""
-    reason = f"no data from the publisher for {timeout or 0:.0f} s"
-    log.warning("ts %s: %s: %s; disconnecting", _peer(request), stream.key, reason)
-    return reason
 
 
 class Reader(Protocol):
@@ -66,8 +59,9 @@ class Reader(Protocol):
         connection is gone since."""
 
 
-async def _pump(reader: Reader, ingest: TsIngest, idle: float | None) -> None:
-    """Feed what the publisher sends until it ends (``TimeoutError``: idle for ``idle`` s).
+async def _pump(reader: Reader, ingest: TsIngest, publisher: Publisher) -> None:
+    """Feed what the publisher sends until it ends (the session service's idle timeout ends the
+    stream, and with it this pump: ``_pump_until_ended``).
 
     Small pieces are gathered up to ``COALESCE_BYTES`` or ``COALESCE`` s: a client may send each
     188-byte packet alone, and one trip to the demuxing thread per piece cost a 2 Mbit/s
@@ -77,9 +71,10 @@ async def _pump(reader: Reader, ingest: TsIngest, idle: float | None) -> None:
     """
     loop = asyncio.get_running_loop()
     while True:
-        first = await reader.read(idle)
+        first = await reader.read(None)
         if not first:
             return
+        publisher.touch()
         parts, size, ended = [first], len(first), False
         end = loop.time() + COALESCE
         try:
@@ -108,12 +103,11 @@ class _Ended(Exception):
     """The stream ended under its publisher (the gateway shutting down): the reason."""
 
 
-async def _pump_until_ended(reader: Reader, ingest: TsIngest, idle: float | None) -> None:
-    """``_pump`` until the publisher ends, or its stream does (``_Ended``). A publisher still
-    sending when the gateway shuts down would otherwise hold the shutdown until its idle
-    timeout (10 s by default; aiohttp waits for running handlers)."""
+async def _pump_until_ended(reader: Reader, ingest: TsIngest, publisher: Publisher) -> None:
+    """``_pump`` until the publisher ends, or its stream does (``_Ended``: the gateway shutting
+    down, the publisher idle or kicked)."""
     stream = ingest.stream
-    pump = asyncio.ensure_future(_pump(reader, ingest, idle))
+    pump = asyncio.ensure_future(_pump(reader, ingest, publisher))
     ended = asyncio.ensure_future(stream.finished.wait())
     try:
         await asyncio.wait((pump, ended), return_when=asyncio.FIRST_COMPLETED)
@@ -203,11 +197,17 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
     # PUT too: what `curl -T - URL` sends (a live pipe, chunked) and FFmpeg's `-method PUT`
     if not websocket and request.method not in ("POST", "PUT"):
         raise web.HTTPMethodNotAllowed(request.method, ["POST", "PUT"], headers=CORS)
-    stream, ingest = _publish(request)
-    hub = request.app[CTX].hub
-    # a publisher that sends nothing for this long is disconnected: a hung encoder must not
-    # hold the stream key for ever (None: no limit)
-    timeout = request.app[CTX].config.publish_timeout or None
+    key = stream_key(request)
+    sessions = request.app[CTX].sessions
+    who = peer(request)
+    try:
+        publisher = await sessions.publish(key, "h5", who, query(request))
+    except Refusal as e:
+        raise refused(e) from None
+    assert publisher.stream is not None
+    stream = publisher.stream
+    ingest = TsIngest(stream)
+    publisher.counters = lambda: {"bytes_in": ingest.bytes_in, "frames_in": stream.frames_in}
     reason = "publisher finished"
     ws: web.WebSocketResponse | None = None
     reader: Reader | None = None
@@ -218,27 +218,22 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
             await ws.prepare(request)
             try:
                 reader = _WsReader(ws)
-                await _pump_until_ended(reader, ingest, timeout)
-            except TimeoutError:
-                reason = _idle(request, stream, timeout)
-                await ws.close(code=1001, message=close_reason(reason))
-            except _Ended as e:
+                await _pump_until_ended(reader, ingest, publisher)
+            except _Ended as e:  # (idle: the session service logged it)
                 reason = str(e)
                 await ws.close(code=1001, message=close_reason(reason))
             return ws
         reader = _BodyReader(request.content)
         try:
-            await _pump_until_ended(reader, ingest, timeout)
-        except TimeoutError:
-            reason = _idle(request, stream, timeout)
-            raise web.HTTPRequestTimeout(text=f"{reason}\n", headers=CORS) from None
+            await _pump_until_ended(reader, ingest, publisher)
         except _Ended as e:
             reason = str(e)
-            raise web.HTTPServiceUnavailable(text=f"{reason}\n", headers=CORS) from None
+            error = web.HTTPRequestTimeout if publisher.timed_out else web.HTTPServiceUnavailable
+            raise error(text=f"{reason}\n", headers=CORS) from None
         return web.Response(status=200, text=f"received {ingest.bytes_in} bytes\n", headers=CORS)
     except TsError as e:
         reason = f"bad MPEG-TS: {e}"
-        log.warning("ts %s: %s: %s", _peer(request), stream.key, reason)
+        log.warning("ts %s: %s: %s", who, key, reason)
         if ws is not None:  # past the handshake an HTTP error would garble the WebSocket
             await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=close_reason(reason))
             return ws
@@ -251,7 +246,7 @@ async def ts_ingest(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         ingest.finish()
-        hub.unpublish(stream, reason)
+        sessions.unpublish(publisher, reason)
 
 
 def add_routes(app: web.Application) -> None:

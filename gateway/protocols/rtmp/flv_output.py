@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from ...hub.output import Output
 from ...media import Frame, Track
 from ...wire import flv
 from . import tags
-from ...hub.output import Output
 
 TAG_AUDIO, TAG_VIDEO, TAG_SCRIPT = 8, 9, 18
 

@@ -6,16 +6,18 @@ same bytes go to every player; players all get message stream id 1 (see the RTMP
 
 from __future__ import annotations
 
+from ...hub.output import Output
 from ...media import Frame, Track
 from ...wire.rtmp import amf0
 from ...wire.rtmp.chunk import encode_message
+from ...wire.rtmp.messages import AUDIO as MSG_AUDIO
+from ...wire.rtmp.messages import CSID_AUDIO, CSID_DATA, CSID_VIDEO
+from ...wire.rtmp.messages import DATA_AMF0 as MSG_DATA
+from ...wire.rtmp.messages import VIDEO as MSG_VIDEO
 from . import tags
-from ...hub.output import Output
 
 PLAY_STREAM_ID = 1
 CHUNK_SIZE = 4096
-CSID_AUDIO, CSID_DATA, CSID_VIDEO = 4, 5, 6
-MSG_AUDIO, MSG_VIDEO, MSG_DATA = 8, 9, 18
 
 
 def _msg(type_id: int, ts: int, payload: bytes, csid: int) -> bytes:

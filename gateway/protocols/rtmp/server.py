@@ -1,31 +1,35 @@
 """RTMP server sessions (``rtmp`` and ``miniprogram``): asyncio transport around the sans-I/O core.
 
-One ``RtmpSession`` per TCP connection. Publishing feeds the hub through ``FlvIngest``; playing
-attaches the connection's transport to the stream's shared ``RtmpOutput`` fan-out, so the bytes a
-player receives were chunked once for all players.
+One ``RtmpSession`` per TCP connection. Publish and play go through the session service
+(``hub.sessions``); publishing feeds the hub through ``FlvIngest``, playing attaches the
+connection's transport to the stream's shared ``RtmpOutput`` fan-out, so the bytes a player
+receives were chunked once for all players.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from ...context import Context
 from ...hub.fanout import Fanout, Viewer, identity
-from ...hub.stream import HubError, Stream
-from .ingest import FlvIngest, IngestError
-from ...media import StreamInfo
-from .rtmp_output import CHUNK_SIZE, PLAY_STREAM_ID, RtmpOutput
+from ...hub.sessions import Code, Player, Publisher, Refusal
 from ...wire.rtmp import connection as rc
+from ...wire.rtmp.messages import AUDIO as MSG_AUDIO
+from ...wire.rtmp.messages import VIDEO as MSG_VIDEO
 from ...wire.rtmp.messages import RtmpError
-from ...transcode.variant import media_for
+from .ingest import FlvIngest, IngestError
+from .rtmp_output import CHUNK_SIZE, PLAY_STREAM_ID, RtmpOutput
 
 log = logging.getLogger(__name__)
 
-MSG_AUDIO, MSG_VIDEO = 8, 9
+#: RTMP status codes of a refused publish / play, by refusal (the description says why)
+PUBLISH_REFUSED = {Code.BUSY: "NetStream.Publish.BadName",
+                   Code.FORBIDDEN: "NetStream.Publish.Unauthorized"}
+PLAY_REFUSED = {Code.NOT_FOUND: "NetStream.Play.StreamNotFound",
+                Code.FORBIDDEN: "NetStream.Play.Unauthorized"}
 
 
 def classify(app: str, query: dict[str, str], miniprogram_apps: list[str]) -> str:
@@ -42,22 +46,22 @@ def stream_key(app: str, name: str) -> str:
 class RtmpSession(asyncio.Protocol):
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.hub = ctx.hub
+        self.sessions = ctx.sessions
         self.limits = ctx.config.limits
         self.miniprogram_apps = ctx.config.miniprogram_apps
         self.max_message_size = ctx.config.max_message_size
         self.publish_timeout = ctx.config.publish_timeout
-        self.last_rx = time.monotonic()
         self.transport: asyncio.Transport | None = None
         self.conn: rc.ServerConnection | None = None
         self.peer = "?"
         self.app = ""
         self.query: dict[str, str] = {}
-        self.stream: Stream | None = None  # published
+        self.publisher: Publisher | None = None
         self.ingest: FlvIngest | None = None
         self.publish_id = 0
-        self.play: tuple[RtmpOutput, Fanout, Viewer] | None = None
-        self._settling: asyncio.Task[None] | None = None  # a play waiting for the tracks
+        self.play: tuple[Player[RtmpOutput], Fanout, Viewer] | None = None
+        #: a publish / a play being decided (authorize, waiting for the tracks)
+        self._deciding: dict[str, asyncio.Task[None]] = {}
         self.closed = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -75,7 +79,7 @@ class RtmpSession(asyncio.Protocol):
         """A connection that neither publishes nor plays within ``publish_timeout`` s (a port
         scan, a stalled handshake, a client that never asks) is closed: idle sockets are not
         free, and nothing else would ever end them."""
-        if not self.closed and self.stream is None and self.play is None:
+        if not self.closed and self.publisher is None and self.play is None and not self._deciding:
             log.info("rtmp %s: no publish or play within %.0f s; closing", self.peer,
                      self.publish_timeout)
             self._close(abort=True)
@@ -83,7 +87,8 @@ class RtmpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self.conn is None:
             return
-        self.last_rx = time.monotonic()
+        if self.publisher is not None:
+            self.publisher.touch()
         try:
             for event in self.conn.receive_data(data):
                 self._handle(event)
@@ -127,110 +132,112 @@ class RtmpSession(asyncio.Protocol):
         elif isinstance(ev, rc.PublishRequested):
             self._publish(ev)
         elif isinstance(ev, rc.PlayRequested):
-            self._play(ev)
+            self._stop_play("replaced by a new play")
+            self._decide("play", self._play(ev))
         elif isinstance(ev, rc.PublishStopped):
             if ev.stream_id == self.publish_id:
                 self._stop_publish("publisher stopped")
         elif isinstance(ev, rc.PlayStopped):
             self._stop_play("player stopped")
 
+    def _decide(self, what: str, decide: Coroutine[Any, Any, None]) -> None:
+        """Run a publish or play decision; it usually completes at once (no hook to wait for,
+        tracks known), and flushes its answer when it does."""
+        task = asyncio.get_running_loop().create_task(decide)
+        self._deciding[what] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._deciding.get(what) is t:
+                del self._deciding[what]
+            if not t.cancelled() and t.exception() is not None:
+                log.error("rtmp %s: %s", self.peer, t.exception())
+                self._close(abort=True)
+
+        task.add_done_callback(done)
+
     def _publish(self, ev: rc.PublishRequested) -> None:
         assert self.conn is not None
-        key = stream_key(self.app, ev.name)
-        if not ev.name or self.stream is not None:
+        if not ev.name or self.publisher is not None or "publish" in self._deciding:
             self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName",
                                      "empty stream name" if not ev.name else "already publishing")
             return
-        protocol = classify(self.app, {**self.query, **ev.query}, self.miniprogram_apps)
-        try:
-            self.stream = self.hub.publish(key, StreamInfo(protocol), f"rtmp {self.peer}")
-        except HubError as e:
-            log.warning("rtmp %s: publish %s refused: %s", self.peer, key, e)
-            self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName", str(e))
-            return
-        self.publish_id = ev.stream_id
-        self.ingest = FlvIngest(self.stream)
-        self.conn.accept_publish(ev.stream_id)
-        if self.publish_timeout > 0:
-            self._watch_publisher(self.stream)
+        self._decide("publish", self._publish_async(ev))
 
-    def _watch_publisher(self, stream: Stream) -> None:
-        """A publisher that sends nothing for ``publish_timeout`` s is disconnected: a hung
-        encoder (its TCP connection still open) must not hold the stream key for ever."""
-        if self.closed or self.stream is not stream:
-            return
-        idle = time.monotonic() - self.last_rx
-        if idle >= self.publish_timeout:
-            log.warning("rtmp %s: no data from the publisher of %s for %.0f s; disconnecting",
-                        self.peer, stream.key, idle)
-            self._stop_publish(f"no data from the publisher for {idle:.0f} s")
-            self._close(abort=True)
-            return
-        asyncio.get_running_loop().call_later(
-            max(0.1, min(1.0, self.publish_timeout - idle)), self._watch_publisher, stream)
-
-    def _play(self, ev: rc.PlayRequested) -> None:
-        assert self.conn is not None and self.transport is not None
+    async def _publish_async(self, ev: rc.PublishRequested) -> None:
         key = stream_key(self.app, ev.name)
-        self._stop_play("replaced by a new play")
+        query = {**self.query, **ev.query}
+        protocol = classify(self.app, query, self.miniprogram_apps)
         try:
-            stream = self.hub.get(key)
-        except HubError as e:
-            log.info("rtmp %s: play %s: %s", self.peer, key, e)
-            self.conn.reject_play(ev.stream_id, "NetStream.Play.StreamNotFound", str(e))
+            publisher = await self.sessions.publish(key, protocol, self.peer, query,
+                                                    kick=self._kicked)
+        except Refusal as e:
+            if self.closed or self.conn is None:
+                return
+            log.warning("rtmp %s: publish %s refused: %s", self.peer, key, e)
+            self.conn.reject_publish(ev.stream_id,
+                                     PUBLISH_REFUSED.get(e.code, "NetStream.Publish.Failed"),
+                                     str(e))
+            self._flush()
             return
-        if not stream.settled():  # just published: plan once its tracks are known
-            log.info("rtmp %s: play %s: waiting for the publisher's tracks (so far: %s)",
-                     self.peer, key, ", ".join(stream.tracks) or "none")
-            self._settling = asyncio.get_running_loop().create_task(self._play_settled(ev, stream))
+        if self.closed or self.conn is None:  # gone while it was decided
+            self.sessions.unpublish(publisher, "publisher disconnected")
             return
-        self._start_play(ev, stream)
-
-    async def _play_settled(self, ev: rc.PlayRequested, stream: Stream) -> None:
-        try:
-            await stream.wait_settled()
-        except HubError as e:
-            why: HubError | None = e
-        else:
-            why = None
-        self._settling = None
-        if self.closed or self.conn is None or self.transport is None:
-            return
-        if why is not None:
-            log.info("rtmp %s: play %s: %s", self.peer, stream.key, why)
-            self.conn.reject_play(ev.stream_id, "NetStream.Play.Failed", str(why))
-        else:
-            self._start_play(ev, stream)
+        assert publisher.stream is not None
+        self.publisher = publisher
+        self.publish_id = ev.stream_id
+        self.ingest = FlvIngest(publisher.stream)
+        self.conn.accept_publish(ev.stream_id)
         self._flush()
 
-    def _start_play(self, ev: rc.PlayRequested, stream: Stream) -> None:
-        assert self.conn is not None and self.transport is not None
-        key = stream.key
-        protocol = classify(self.app, {**self.query, **ev.query}, self.miniprogram_apps)
+    def _kicked(self, reason: str) -> None:
+        """The session service ends this publisher (idle, kicked): drop the connection."""
+        self._stop_publish(reason)
+        self._close(abort=True)
+
+    async def _play(self, ev: rc.PlayRequested) -> None:
+        key = stream_key(self.app, ev.name)
+        query = {**self.query, **ev.query}
+        protocol = classify(self.app, query, self.miniprogram_apps)
+        limits = self.limits
         try:
-            media, _ = media_for(self.ctx.matrix, stream, protocol)
-        except ValueError as e:
-            log.warning("rtmp %s: play %s: %s", self.peer, key, e)
-            self.conn.reject_play(ev.stream_id, "NetStream.Play.Failed", str(e))
+            player = await self.sessions.play(
+                key, protocol, self.peer, query, lambda s: RtmpOutput(s, "rtmp", limits),
+                sink_key="rtmp")
+        except Refusal as e:
+            if self.closed or self.conn is None:
+                return
+            log.info("rtmp %s: play %s: %s", self.peer, key, e)
+            self.conn.reject_play(ev.stream_id, PLAY_REFUSED.get(e.code, "NetStream.Play.Failed"),
+                                  str(e))
+            self._flush()
             return
+        if self.closed or self.conn is None or self.transport is None:
+            self.sessions.stop(player)
+            return
+        output = player.sink
+        assert output is not None
         self.conn.accept_play(ev.stream_id)
         self._flush()  # status messages must precede the media
-        output = media.sink("rtmp", lambda s: RtmpOutput(s, "rtmp", self.limits))
         viewer = Viewer(self.transport, f"rtmp {self.peer} ({protocol})", self._viewer_ended)
         fanout = output.add_viewer("raw", identity, viewer)
-        self.play = (output, fanout, viewer)
+        player.counters = lambda: viewer.stats(fanout)
+        player.kick = lambda reason: self._close(abort=True)
+        self.play = (player, fanout, viewer)
         log.info("rtmp %s: playing %s as %s", self.peer, key, protocol)
 
     def _viewer_ended(self, reason: str) -> None:
         """Called by the fan-out: stream ended, or this viewer fell too far behind."""
         play, self.play = self.play, None
+        if play is not None:
+            self.sessions.stop(play[0])
         if self.closed or self.conn is None or self.transport is None:
             return
-        if play is not None and play[0].stream.ended:
+        if play is not None and play[0].sink is not None and play[0].sink.stream.ended:
+            stream = play[0].sink.stream
             self.conn.send_status(PLAY_STREAM_ID, "status", "NetStream.Play.UnpublishNotify",
-                                  f"{play[0].stream.key} is now unpublished")
+                                  f"{stream.key} is now unpublished")
             self.conn.send_status(PLAY_STREAM_ID, "status", "NetStream.Play.Stop",
-                                  f"stopped playing {play[0].stream.key}")
+                                  f"stopped playing {stream.key}")
             self.conn.send_stream_eof(PLAY_STREAM_ID)
             self._flush()
             self._close(abort=False)
@@ -240,19 +247,21 @@ class RtmpSession(asyncio.Protocol):
     # -- teardown ------------------------------------------------------------------------
 
     def _stop_publish(self, reason: str) -> None:
-        stream, self.stream, self.ingest = self.stream, None, None
-        if stream is not None:
-            self.hub.unpublish(stream, reason)
+        publisher, self.publisher, self.ingest = self.publisher, None, None
+        if publisher is not None:
+            self.sessions.unpublish(publisher, reason)
 
     def _stop_play(self, reason: str) -> None:
-        if self._settling is not None:  # a play still waiting for the tracks: not any more
-            self._settling.cancel()
-            self._settling = None
+        deciding = self._deciding.pop("play", None)
+        if deciding is not None:
+            deciding.cancel()  # a play still being decided: not any more
         play, self.play = self.play, None
         if play is not None:
-            output, fanout, viewer = play
+            player, fanout, viewer = play
             viewer.on_end = _ignore
-            output.remove_viewer(fanout, viewer, "left")
+            self.sessions.stop(player)
+            assert player.sink is not None
+            player.sink.remove_viewer(fanout, viewer, "left")
 
     def _close(self, abort: bool) -> None:
         if self.transport is not None and not self.closed:

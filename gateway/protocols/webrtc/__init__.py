@@ -46,9 +46,6 @@ class Settings:
     # only send keyframes on request, while late RTMP/FLV/WHEP joiners start at one.
     keyframe_interval: float = 2.0
     connect_timeout: float = 20.0  # seconds from the answer to ICE+DTLS connected
-    # WHIP: seconds a connected publisher may send no media before its session is closed (a
-    # frozen tab keeps ICE alive); 0: never. The gateway sets it from ``publish_timeout``.
-    publish_timeout: float = 10.0
     track_wait: float = 5.0  # WHEP: how long to wait for a just-published stream's tracks
     video_queue_frames: int = 90  # per WHEP viewer; past it the viewer drops to the next keyframe
     video_queue_bytes: int = 4 << 20

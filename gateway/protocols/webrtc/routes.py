@@ -22,11 +22,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import PeerSession, SessionError, Settings
+from ...web.common import CORS, CTX, peer, query, stream_key
 from ...wire import sdp
+from . import PeerSession, SessionError, Settings
 from .whep import WhepSession
 from .whip import WhipSession
-from ...web.app import CORS, CTX, _key, _peer, _stream
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ async def _negotiate(request: web.Request, role: str,
             await session.close("negotiation failed")
             raise
     except SessionError as e:
-        log.info("%s %s %s: %d %s", role, _peer(request), request.path, e.status, e)
+        log.info("%s %s %s: %d %s", role, peer(request), request.path, e.status, e)
         return _error(e.status, str(e))
-    log.info("%s %s: %s (session %s)", role, _peer(request), request.path, session.id)
+    log.info("%s %s: %s (session %s)", role, peer(request), request.path, session.id)
     return _created(request, session, answer)
 
 
@@ -96,9 +96,10 @@ async def whip_post(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
 
     async def make() -> tuple[WhipSession, sdp.Offer]:
-        key = _key(request)
+        key = stream_key(request)
         offer = await _offer(request)
-        return WhipSession(request.app[SETTINGS], ctx.hub, ctx.matrix, key, _peer(request)), offer
+        return WhipSession(request.app[SETTINGS], ctx.sessions, key, peer(request),
+                           query(request)), offer
 
     return await _negotiate(request, "whip", make)
 
@@ -107,16 +108,17 @@ async def whep_post(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
 
     async def make() -> tuple[WhepSession, sdp.Offer]:
+        key = stream_key(request)
         offer = await _offer(request)
-        stream = _stream(request)  # 404 for an unknown stream
-        return WhepSession(request.app[SETTINGS], ctx.matrix, stream, _peer(request)), offer
+        return WhepSession(request.app[SETTINGS], ctx.sessions, key, peer(request),
+                           query(request)), offer
 
     return await _negotiate(request, "whep", make)
 
 
 def _session(request: web.Request, role: str) -> PeerSession:
     session = request.app[SESSIONS].get(request.match_info["id"])
-    if session is None or session.role != role or session.key != _key(request):
+    if session is None or session.role != role or session.key != stream_key(request):
         raise SessionError(404, "no such session")
     return session
 
@@ -168,12 +170,12 @@ def _page(name: str) -> web.Response:
 
 
 async def publish_page(request: web.Request) -> web.Response:
-    _key(request)
+    stream_key(request)
     return _page("publish.html")
 
 
 async def play_page(request: web.Request) -> web.Response:
-    _key(request)
+    stream_key(request)
     return _page("play.html")
 
 
@@ -186,9 +188,7 @@ def add_routes(app: web.Application) -> None:
     """Register WHIP/WHEP and the pages; settings follow the gateway's bind address."""
     app[SESSIONS] = {}
     if SETTINGS not in app:
-        settings = Settings.for_host(app[CTX].config.host)
-        settings.publish_timeout = app[CTX].config.publish_timeout
-        app[SETTINGS] = settings
+        app[SETTINGS] = Settings.for_host(app[CTX].config.host)
     r = app.router
     for role, post in (("whip", whip_post), ("whep", whep_post)):
         r.add_post(f"/{{app}}/{{name}}/{role}", post)

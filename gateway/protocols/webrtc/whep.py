@@ -19,30 +19,27 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from fractions import Fraction
 
-import aiohttp
 import av
 from aiortc import (
-    RTCConfiguration,
-    RTCPeerConnection,
     RTCRtpSender,
-    RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ... import planner
 from ...codecs import h264
-from ...hub.stream import HubError, NoMediaYet, Stream
+from ...hub.sessions import Code, Player, Refusal, Sessions
+from ...hub.stream import Stream
 from ...media import Frame, Track
-from ...transcode.variant import VariantRefused, media_for
-from . import PeerSession, SessionError, Settings, seam
 from ...wire import sdp
+from . import PeerSession, SessionError, Settings, seam
 from .whip import request_keyframe
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PacketTrack", "WebRtcOutput", "WhepClient", "WhepSession"]
+__all__ = ["PacketTrack", "WebRtcOutput", "WhepSession"]
 
 SINK_KEY = "webrtc"
 RTP_TB = Fraction(1, 90000)  # the grid squeezed (primed / re-sent) frames are placed on
@@ -64,6 +61,7 @@ class PacketTrack(MediaStreamTrack):
         self.active = False  # set once the connection is up: nothing goes stale in the queue
         self.drops = 0
         self.sent = 0
+        self.bytes_sent = 0
         self.first_sent_at = 0.0
         self.last_pts_seconds = 0.0
 
@@ -111,11 +109,15 @@ class PacketTrack(MediaStreamTrack):
         packet = self._q.popleft()
         self._bytes -= packet.size
         self.sent += 1
+        self.bytes_sent += packet.size
         if not self.first_sent_at:
             self.first_sent_at = time.monotonic()
         if packet.pts is not None and packet.time_base is not None:
             self.last_pts_seconds = float(packet.pts * packet.time_base)
         return packet
+
+    def __len__(self) -> int:
+        return len(self._q)
 
     def stop(self) -> None:
         super().stop()
@@ -131,11 +133,6 @@ class WebRtcOutput:
         self._configs: dict[bytes, h264.AvcConfig] = {}  # avcC bytes -> parsed, for SPS/PPS
         self.packetizers: dict[str, seam.SharedPacketizer] = {}
         self.frames = 0
-
-    @property
-    def fanouts(self) -> dict[str, WebRtcOutput]:
-        """Shaped like ``outputs.base.Output.fanouts`` so ``/api/streams`` counts the viewers."""
-        return {"whep": self}
 
     def packetizer(self, codec: str) -> seam.SharedPacketizer:
         """The RTP packetizer every viewer's sender of ``codec`` shares (split once per frame)."""
@@ -238,7 +235,7 @@ class WebRtcOutput:
         try:
             self.viewers.remove(viewer)
         except ValueError:
-            return
+            pass
         if not self.viewers:
             self.stream.drop_sink(SINK_KEY)
 
@@ -248,10 +245,12 @@ class WhepSession(PeerSession):
 
     role = "whep"
 
-    def __init__(self, settings: Settings, matrix: planner.Matrix, stream: Stream, peer: str) -> None:
-        super().__init__(settings, stream.key, peer)
-        self.matrix = matrix
-        self.source = stream
+    def __init__(self, settings: Settings, sessions: Sessions, key: str, peer: str,
+                 query: Mapping[str, str]) -> None:
+        super().__init__(settings, key, peer)
+        self.sessions = sessions
+        self.query = query
+        self.player: Player[WebRtcOutput] | None = None
         self.media: Stream | None = None
         self.plan: planner.Plan | None = None
         self.output: WebRtcOutput | None = None
@@ -266,62 +265,71 @@ class WhepSession(PeerSession):
         for kind, m in kinds.items():
             if m.direction not in ("recvonly", "sendrecv"):
                 raise SessionError(400, f"{kind} m-section is {m.direction}: a WHEP offer receives media")
-        await self._wait_tracks()
         offers = {k: m.offered() for k, m in kinds.items()}
-        for kind in self.source.tracks:
-            offers.setdefault(kind, [])  # not offered: dropped, never transcoded for nobody
-        target = planner.TargetSpec("webrtc", offers)
-        try:
-            plan = planner.plan(self.matrix, self.source.tracks, target)
-        except ValueError as e:
-            raise SessionError(422, f"cannot plan this stream for WebRTC: {e}") from None
         chosen: dict[str, int] = {}
-        for kind, tp in plan.tracks.items():
-            section = kinds.get(kind)
-            if section is None or isinstance(tp, planner.Drop):
-                continue
-            if isinstance(tp, planner.PassThrough):
-                codec_name, profile = tp.codec, self.source.tracks[kind].profile
-            else:
-                codec_name, profile = tp.to_codec, str(tp.params.get("profile", ""))
-            codec = (sdp.choose_h264(section.codecs, profile) if codec_name == "h264"
-                     else next((c for c in section.usable() if c.name == codec_name), None))
-            if codec is None:
-                continue
-            chosen[section.mid] = codec.pt
-            self.codecs[kind] = codec_name
-        if not chosen:
-            raise SessionError(422, f"no common codec: the stream has "
-                                    f"{ {k: t.codec for k, t in self.source.tracks.items()} }, "
-                                    f"the offer {offers}; {plan}")
-        self.plan = plan
+
+        def target(source: Stream) -> planner.TargetSpec:
+            """What this viewer is sent, planned from the settled source and the offer: a kind
+            the answer has no sender for (the source's video came after the viewer settled for
+            audio) must not be transcoded for it later, so the variant plans it a Drop."""
+            for kind in source.tracks:
+                offers.setdefault(kind, [])  # not offered: dropped, never transcoded for nobody
+            try:
+                plan = planner.plan(self.sessions.matrix, source.tracks,
+                                    planner.TargetSpec("webrtc", offers))
+            except ValueError as e:
+                raise Refusal(Code.UNSUPPORTED,
+                              f"cannot plan this stream for WebRTC: {e}") from None
+            for kind, tp in plan.tracks.items():
+                section = kinds.get(kind)
+                if section is None or isinstance(tp, planner.Drop):
+                    continue
+                if isinstance(tp, planner.PassThrough):
+                    codec_name, profile = tp.codec, source.tracks[kind].profile
+                else:
+                    codec_name, profile = tp.to_codec, str(tp.params.get("profile", ""))
+                codec = (sdp.choose_h264(section.codecs, profile) if codec_name == "h264"
+                         else next((c for c in section.usable() if c.name == codec_name), None))
+                if codec is None:
+                    continue
+                chosen[section.mid] = codec.pt
+                self.codecs[kind] = codec_name
+            if not chosen:
+                raise Refusal(Code.UNSUPPORTED,
+                              f"no common codec: the stream has "
+                              f"{ {k: t.codec for k, t in source.tracks.items()} }, "
+                              f"the offer {offers}; {plan}")
+            self.plan = plan
+            return planner.TargetSpec("webrtc", {k: (offers.get(k, []) if k in self.codecs else [])
+                                                 for k in {"video", "audio", *offers}})
+
+        try:
+            self.player = await self.sessions.play(
+                self.key, target, self.peer, self.query, WebRtcOutput, sink_key=SINK_KEY,
+                protocol="webrtc", settle=self.settings.track_wait)
+        except Refusal as e:
+            raise SessionError(e.http_status, str(e)) from None
+        self.player.counters = self._counters
+        self.player.kick = self._kicked
+        self.media, self.output = self.player.media, self.player.sink
+        assert self.output is not None
+        self.output.add(self)  # (frames reach it once connected: ``start_viewer``)
         answer = await self.answer(offer, chosen, self._add_tracks)
         if self.closed:
             raise SessionError(404, f"stream {self.key} ended")
-        # a kind this answer has no sender for (the source's video came after the viewer
-        # settled for audio) must not be transcoded for it later: the variant plans it a Drop
-        sent = planner.TargetSpec("webrtc", {k: (offers.get(k, []) if k in self.codecs else [])
-                                             for k in {"video", "audio", *offers}})
-        try:
-            self.media, _ = media_for(self.matrix, self.source, sent)
-        except VariantRefused as e:
-            raise SessionError(503, str(e)) from None
-        self.output = self.media.sink(SINK_KEY, WebRtcOutput)
         for kind, sender in self._senders.items():
             seam.share_packetizer(sender, self.output.packetizer(self.codecs[kind]))
-        self.output.add(self)
-        log.info("%r: %s", self, plan)
+        log.info("%r: %s", self, self.plan)
         return answer
 
-    async def _wait_tracks(self) -> None:
-        """A stream announced a moment ago may not know its tracks yet (WHIP before its keyframe;
-        RTMP between its video and audio configurations): the plan is made once, from all."""
-        try:
-            await self.source.wait_settled(self.settings.track_wait)
-        except NoMediaYet as e:
-            raise SessionError(503, str(e)) from None
-        except HubError as e:
-            raise SessionError(404, str(e)) from None
+    def _kicked(self, reason: str) -> None:
+        asyncio.ensure_future(self.close(reason))
+
+    def _counters(self) -> dict[str, object]:
+        tracks = self.tracks.values()
+        return {"bytes_out": sum(t.bytes_sent for t in tracks),
+                "drops": sum(t.drops for t in tracks),
+                "queue_frames": sum(len(t) for t in tracks), **self.stats()}
 
     def _add_tracks(self) -> None:
         for kind in self.codecs:
@@ -365,64 +373,11 @@ class WhepSession(PeerSession):
     def on_closing(self, reason: str) -> None:
         for t in self.tracks.values():
             t.stop()
+        if self.player is not None:
+            self.sessions.stop(self.player)
         if self.output is not None:
             self.output.remove(self)
 
     def stats(self) -> dict[str, object]:
         return {"codecs": self.codecs, "plan": str(self.plan), "plis": self.plis,
                 "tracks": {k: {"sent": t.sent, "drops": t.drops} for k, t in self.tracks.items()}}
-
-
-# -- a WHEP client (tests, bench) ------------------------------------------------------------------
-
-
-class WhepClient:
-    """Plays a WHEP endpoint with aiortc; ``on_track`` sees each receiver before media flows."""
-
-    def __init__(self, url: str, *, video_codecs: tuple[str, ...] = ("h264", "vp8"),
-                 audio: bool = True, video: bool = True,
-                 ice_hosts: tuple[str, ...] | None = ("127.0.0.1",)) -> None:
-        self.url = url
-        self.video_codecs = video_codecs
-        self.ice_hosts = ice_hosts
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.location = ""
-        self.answer = ""
-        self.kinds = [k for k, on in (("video", video), ("audio", audio)) if on]
-
-    async def start(self, on_track=None) -> None:  # type: ignore[no-untyped-def]
-        from aiortc import RTCRtpReceiver
-
-        for kind in self.kinds:
-            t = self.pc.addTransceiver(kind, direction="recvonly")
-            if kind == "video":
-                video_caps = RTCRtpReceiver.getCapabilities("video")
-                caps = video_caps.codecs if video_caps else []
-                prefs = [c for name in self.video_codecs for c in caps if c.name.lower() == name]
-                prefs += [c for c in caps if c.name.lower() == "rtx"]
-                t.setCodecPreferences(prefs)
-        with seam.ice_hosts(self.ice_hosts):
-            await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with aiohttp.ClientSession() as http:
-            async with http.post(self.url, data=self.pc.localDescription.sdp,
-                                 headers={"Content-Type": "application/sdp"}) as r:
-                body = await r.text()
-                if r.status != 201:
-                    raise SessionError(r.status, body.strip())
-                self.location = str(r.url.join(aiohttp.client.URL(r.headers["Location"])))
-                self.answer = body
-        await self.pc.setRemoteDescription(RTCSessionDescription(self.answer, "answer"))
-        if on_track is not None:
-            for t in self.pc.getTransceivers():
-                on_track(t.receiver, t.kind)
-
-    async def close(self) -> None:
-        if self.location:
-            try:
-                async with aiohttp.ClientSession() as http:
-                    async with http.delete(self.location) as r:
-                        await r.read()
-            except aiohttp.ClientError:
-                pass
-            self.location = ""
-        await self.pc.close()

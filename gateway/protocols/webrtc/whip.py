@@ -16,37 +16,27 @@ send keyframes only on request, and every late RTMP/FLV/WHEP joiner must start a
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from fractions import Fraction
-
-import aiohttp
-from aiortc import (
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCRtpReceiver,
-    RTCSessionDescription,
-)
-from aiortc.mediastreams import MediaStreamTrack
 
 from ... import planner
 from ...codecs import h264
-from ...hub.stream import Hub, HubError, Stream
-from ...media import Frame, StreamInfo, Track
-from . import PeerSession, SessionError, Settings, seam
+from ...hub.sessions import Publisher, Refusal, Sessions
+from ...hub.stream import Stream
+from ...media import Frame, Track
 from ...wire import sdp
+from ...wire.rtp.clock import RtpClock
+from . import PeerSession, SessionError, Settings, seam
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Timeline", "WhipClient", "WhipSession", "request_keyframe"]
+__all__ = ["WhipSession", "request_keyframe"]
 
 VIDEO_TB = Fraction(1, 90000)
 AUDIO_TB = Fraction(1, 48000)
 KEYFRAME_RETRY = 0.5  # seconds between PLIs while waiting for a keyframe
-_NTP_UNIX = 2208988800  # seconds from 1900 to 1970
 
 
 # -- keyframe requests ---------------------------------------------------------------------------
@@ -68,92 +58,6 @@ def request_keyframe(stream: Stream) -> bool:
     return stream.request_keyframe()
 
 
-# -- the session clock ---------------------------------------------------------------------------
-
-
-SR_WINDOW = 8  # sender reports whose earliest estimate anchors a track (~8 s of reports)
-RESYNC_TOLERANCE = 0.010  # s a track's anchor may move before the track is re-anchored
-CLOCK_STEP = 0.5  # s: an estimate this far off is a new clock relation, not a late packet
-
-
-@dataclass(slots=True)
-class _TrackClock:
-    rate: int
-    last_rtp: int | None = None
-    ext: int = 0  # unwrapped RTP timestamp of last_rtp
-    offset: float | None = None  # session seconds at ext == 0
-    ntp_zero: float | None = None  # publisher NTP seconds at ext == 0 (from sender reports)
-    estimates: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=SR_WINDOW))
-
-    def unwrap(self, rtp: int) -> int:
-        if self.last_rtp is None:
-            self.last_rtp, self.ext = rtp, rtp
-            return rtp
-        delta = (rtp - self.last_rtp) & 0xFFFFFFFF
-        if delta >= 1 << 31:
-            delta -= 1 << 32
-        return self.ext + delta
-
-    def advance(self, rtp: int) -> int:
-        ext = self.unwrap(rtp)
-        if ext > self.ext or self.last_rtp is None:
-            self.last_rtp, self.ext = rtp & 0xFFFFFFFF, ext
-        return ext
-
-
-class Timeline:
-    """Maps each track's RTP timestamps onto one session clock (seconds since the first frame).
-
-    ``base`` is the publisher NTP time of session time 0, fixed by the first sender report so
-    that the track it belongs to continues without a jump; later reports (of any track)
-    re-anchor that track against the same base.
-
-    A report pairs a packet's RTP time with the NTP time it was *sent* (aiortc) or captured,
-    so a packet sent late makes its report's estimate late by as much. Each track keeps the
-    earliest estimate of its last ``SR_WINDOW`` reports (the least delayed), and moves only
-    when that differs by ``RESYNC_TOLERANCE`` or more: re-anchoring on every report made the
-    clock jump back and forth by the sender's jitter (tens of ms on a loaded machine), and a
-    jump back of a frame interval made frames share a millisecond in FLV. An estimate
-    ``CLOCK_STEP`` off is a step of the sender's clocks and starts the window afresh.
-    """
-
-    def __init__(self) -> None:
-        self.t0: float | None = None
-        self.base: float | None = None
-        self.tracks: dict[str, _TrackClock] = {}
-        self.synced: set[str] = set()
-
-    def add(self, kind: str, rate: int) -> None:
-        self.tracks[kind] = _TrackClock(rate)
-
-    def seconds(self, kind: str, rtp: int, arrival: float) -> float:
-        c = self.tracks[kind]
-        ext = c.advance(rtp)
-        if self.t0 is None:
-            self.t0 = arrival
-        if c.offset is None:
-            c.offset = (arrival - self.t0) - ext / c.rate
-        return ext / c.rate + c.offset
-
-    def sender_report(self, kind: str, ntp: int, rtp: int) -> None:
-        c = self.tracks.get(kind)
-        if c is None or c.last_rtp is None or c.offset is None:
-            return  # before its first frame the report has nothing to anchor
-        estimate = ntp / (1 << 32) - c.unwrap(rtp) / c.rate
-        if c.ntp_zero is not None and abs(estimate - c.ntp_zero) >= CLOCK_STEP:
-            c.estimates.clear()  # the sender's clocks stepped: older reports no longer apply
-        c.estimates.append(estimate)
-        ntp_zero = min(c.estimates)
-        self.synced.add(kind)
-        if c.ntp_zero is not None and abs(ntp_zero - c.ntp_zero) < RESYNC_TOLERANCE:
-            return
-        c.ntp_zero = ntp_zero
-        if self.base is None:
-            self.base = ntp_zero - c.offset
-        c.offset = ntp_zero - self.base
-
-
 # -- the ingest session ------------------------------------------------------------------------
 
 
@@ -162,15 +66,17 @@ class WhipSession(PeerSession):
 
     role = "whip"
 
-    def __init__(self, settings: Settings, hub: Hub, matrix: planner.Matrix, key: str,
-                 peer: str) -> None:
+    def __init__(self, settings: Settings, sessions: Sessions, key: str, peer: str,
+                 query: Mapping[str, str]) -> None:
         super().__init__(settings, key, peer)
-        self.hub = hub
-        self.matrix = matrix
+        self.sessions = sessions
+        self.matrix = sessions.matrix
+        self.query = query
+        self.publisher: Publisher | None = None
         self.stream: Stream | None = None
         self.codecs: dict[str, str] = {}  # kind -> gateway codec negotiated
         self.taps: dict[str, seam.ReceiverTap] = {}
-        self.timeline = Timeline()
+        self.clock = RtpClock()
         self.video: Track | None = None
         self.audio: Track | None = None
         self._sps: list[bytes] = []
@@ -182,7 +88,6 @@ class WhipSession(PeerSession):
         self._pt_codec: dict[int, str] = {}
         self._ssrc_kind: dict[int, str] = {}
         self._guard: asyncio.Task[None] | None = None
-        self._last_rx = 0.0  # monotonic time of the latest media frame (or of connecting)
         self.frames = {"video": 0, "audio": 0}
         self.dropped = {"video": 0, "audio": 0}
         self.keyframes = 0
@@ -215,11 +120,16 @@ class WhipSession(PeerSession):
                                     "want H264 packetization-mode=1 or VP8, and Opus)")
         for kind in kinds:
             if kind in self.codecs:
-                self.timeline.add(kind, 90000 if kind == "video" else 48000)
+                self.clock.add(kind, 90000 if kind == "video" else 48000)
         try:
-            self.stream = self.hub.publish(self.key, StreamInfo("webrtc"), f"whip {self.peer}")
-        except HubError as e:
-            raise SessionError(409, str(e)) from None
+            # watched for media once connected (``on_connected``): ICE may take longer
+            self.publisher = await self.sessions.publish(
+                self.key, "webrtc", self.peer, self.query, kick=self._kicked, watch=False)
+        except Refusal as e:
+            raise SessionError(e.http_status, str(e)) from None
+        self.publisher.counters = self._counters
+        self.stream = self.publisher.stream
+        assert self.stream is not None
         set_keyframe_hook(self.stream, self.request_keyframe)
         try:
             return await self.answer(offer, chosen, self._tap)
@@ -238,15 +148,23 @@ class WhipSession(PeerSession):
             self._frame(kind, f)
 
         def report(ssrc: int, ntp: int, rtp: int) -> None:
-            self.timeline.sender_report(kind, ntp, rtp)
+            self.clock.sender_report(kind, ntp, rtp)
 
         return frame, report
 
     def on_connected(self) -> None:
         log.info("%r: connected (%s)", self, ", ".join(f"{k} {c}" for k, c in self.codecs.items()))
         self.request_keyframe()
-        self._last_rx = time.monotonic()
+        if self.publisher is not None:
+            self.sessions.watch_idle(self.publisher, "media")
         self._guard = asyncio.ensure_future(self._guard_loop())
+
+    def _kicked(self, reason: str) -> None:
+        asyncio.ensure_future(self.close(reason))  # its own task: closing cancels the guard
+
+    def _counters(self) -> dict[str, object]:
+        assert self.stream is not None
+        return {"bytes_in": self.stream.bytes_in, **self.stats()}
 
     # -- keyframes -----------------------------------------------------------------------
 
@@ -263,18 +181,10 @@ class WhipSession(PeerSession):
         return True
 
     async def _guard_loop(self) -> None:
-        """Keep GOPs short (browsers send keyframes only when asked) and retry missing ones;
-        close a session whose publisher sends no media for ``publish_timeout`` s."""
+        """Keep GOPs short (browsers send keyframes only when asked) and retry missing ones."""
         try:
             while not self.closed:
                 await asyncio.sleep(0.25)
-                timeout = self.settings.publish_timeout
-                if timeout and time.monotonic() - self._last_rx >= timeout:
-                    log.warning("%r: no media for %.0f s; closing", self, timeout)
-                    # its own task: closing cancels this one
-                    asyncio.ensure_future(self.close(f"no media from the publisher for "
-                                                     f"{timeout:.0f} s"))
-                    return
                 if "video" not in self.codecs:
                     continue
                 since = time.monotonic() - (self._last_key or self.connected_at)
@@ -286,13 +196,13 @@ class WhipSession(PeerSession):
     # -- frames --------------------------------------------------------------------------
 
     def _frame(self, kind: str, f: seam.EncodedFrame) -> None:
-        if self.closed or self.stream is None:
+        if self.closed or self.stream is None or self.publisher is None:
             return
-        self._last_rx = f.arrival
+        self.publisher.last_active = f.arrival
         codec = self._pt_codec.get(f.payload_type)
         if codec is None:
             return
-        seconds = self.timeline.seconds(kind, f.rtp_timestamp, f.arrival)
+        seconds = self.clock.seconds(kind, f.rtp_timestamp, f.arrival)
         if codec == "h264":
             self._h264(f, seconds)
         elif codec == "vp8":
@@ -415,56 +325,10 @@ class WhipSession(PeerSession):
             self._guard.cancel()
         if self.stream is not None:
             set_keyframe_hook(self.stream, None)
-            self.hub.unpublish(self.stream, f"WHIP session ended: {reason}")
+        if self.publisher is not None:
+            self.sessions.unpublish(self.publisher, f"WHIP session ended: {reason}")
 
     def stats(self) -> dict[str, object]:
         return {"codecs": self.codecs, "frames": dict(self.frames), "dropped": dict(self.dropped),
-                "keyframes": self.keyframes, "synced": sorted(self.timeline.synced),
+                "keyframes": self.keyframes, "synced": sorted(self.clock.synced),
                 "plis": sum(t.plis_sent for t in self.taps.values())}
-
-
-# -- a WHIP client (tests, bench, relaying to another WHIP server) ---------------------------------
-
-
-class WhipClient:
-    """Publishes aiortc tracks to a WHIP endpoint; ``close()`` DELETEs the session."""
-
-    def __init__(self, url: str, tracks: list[MediaStreamTrack], *,
-                 video_codec: str | None = "h264", ice_hosts: tuple[str, ...] | None = ("127.0.0.1",)) -> None:
-        self.url = url
-        self.tracks = tracks
-        self.video_codec = video_codec
-        self.ice_hosts = ice_hosts
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.location = ""
-        self.answer = ""
-        self.senders: dict[str, object] = {}
-
-    async def start(self) -> None:
-        for track in self.tracks:
-            t = self.pc.addTransceiver(track, direction="sendonly")
-            self.senders[track.kind] = t.sender
-            if track.kind == "video" and self.video_codec:
-                video_caps = RTCRtpReceiver.getCapabilities("video")
-                caps = [c for c in (video_caps.codecs if video_caps else [])
-                        if c.name.lower() == self.video_codec]
-                t.setCodecPreferences(caps)
-        with seam.ice_hosts(self.ice_hosts):
-            await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with aiohttp.ClientSession() as http:
-            async with http.post(self.url, data=self.pc.localDescription.sdp,
-                                 headers={"Content-Type": "application/sdp"}) as r:
-                body = await r.text()
-                if r.status != 201:
-                    raise SessionError(r.status, body.strip())
-                self.location = str(r.url.join(aiohttp.client.URL(r.headers["Location"])))
-                self.answer = body
-        await self.pc.setRemoteDescription(RTCSessionDescription(self.answer, "answer"))
-
-    async def close(self) -> None:
-        if self.location:
-            async with aiohttp.ClientSession() as http:
-                async with http.delete(self.location) as r:
-                    await r.read()
-            self.location = ""
-        await self.pc.close()
