@@ -17,7 +17,7 @@ a socket pair with a compact framing:
   flight), ``track(step, id, Track)``
   before the first frame of each output track, ``counters(deltas)``, ``error(step, text)``,
   ``closed(step)`` and ``log(level, logger, text)``. A busy child sends an audio step's results
-  together with the next video result (``_Held``): one wake-up of the gateway, not two.
+  together with the next video result (``child._Held``): one wake-up of the gateway, not two.
 
 Headers are ``struct``-packed and payloads are the frames' own bytes (``sendmsg`` scatter, no
 copy); only ``Track``/``Transcode`` descriptions are pickled, and only when they change, so the
@@ -26,12 +26,14 @@ parent reads with ``loop.add_reader``, not a reader thread: with the loop 80% bu
 must win the GIL back to post each result measured ~200 ms median delay, ``add_reader`` ~2 ms. It
 writes without blocking (what the kernel does not take waits for ``add_writer``) and works only
 on its loop thread. A child's codec threads take its messages audio steps' first and the rest in
-arrival order (``_Schedule``), a step on one thread at a time; a fixed few threads, not one per
-step, which measured worse video latency.
+arrival order (``child._Schedule``), a step on one thread at a time; a fixed few threads, not
+one per step, which measured worse video latency.
 
-Children are started with the ``spawn`` method (never ``fork`` a process running an event loop
-and threads); as with any ``spawn``, a program that embeds the gateway needs the usual
-``if __name__ == "__main__":`` guard. A child that dies fails its steps (their tracks stop, as a
+The child's side is ``child.py``, the framing both sides share ``messages.py``; a pool belongs
+to one gateway's ``Transcoder`` (nothing here is module state). Children are started with the
+``spawn`` method (never ``fork`` a process running an event loop and threads); as with any
+``spawn``, a program that embeds the gateway needs the usual ``if __name__ == "__main__":``
+guard. A child that dies fails its steps (their tracks stop, as a
 failing thread step does) and is replaced for new steps; the gateway keeps running.
 """
 
@@ -230,7 +232,7 @@ class _Child:
                     s.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER)
                 except OSError:
                     pass
-        # which step each codec thread is on (see ``child_main``): a crash is blamed on that one
+        # which step each codec thread is on (see ``child._ChildLoop``): a crash is blamed on that one
         self.coding = ctx.RawArray("q", max(1, threads))  # type: ignore[attr-defined]
         self.process: multiprocessing.process.BaseProcess = ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(child, logging.getLogger().getEffectiveLevel(), threads,
