@@ -550,7 +550,7 @@ def test_whip_timeline_keeps_audio_and_video_in_sync(gateway: RunningGateway, h2
         await asyncio.to_thread(gateway.wait_stream, "live/sync")
         collect = gateway.call(lambda: gateway.gw.hub.streams["live/sync"].sink("t", _Collect))
         whip = next(iter(sessions(gateway).values()))
-        await wait_until(lambda: len(whip.timeline.synced) == 2, 8, "sender reports of both tracks")
+        await wait_until(lambda: len(whip.clock.synced) == 2, 8, "sender reports of both tracks")
         n = len(collect.frames)
         await asyncio.sleep(2.0)
         await pub.close()
@@ -606,7 +606,7 @@ def _capture_while_publishing(gateway: RunningGateway, clip: Clip, key: str, out
             await pub.start()
             await asyncio.to_thread(gateway.wait_stream, key)
             whip = next(iter(sessions(gateway).values()))
-            await wait_until(lambda: len(whip.timeline.synced) == len(whip.codecs), 8,
+            await wait_until(lambda: len(whip.clock.synced) == len(whip.codecs), 8,
                              "sender reports")
             return pub
 

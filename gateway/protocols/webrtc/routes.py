@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SESSIONS", "SETTINGS", "add_routes"]
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
+STATIC = Path(__file__).resolve().parents[2] / "static"
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 HEADERS = {**CORS,

@@ -251,7 +251,8 @@ class WhepSession(PeerSession):
         self.sessions = sessions
         self.query = query
         self.player: Player[WebRtcOutput] | None = None
-        self.media: Stream | None = None
+        self.source: Stream | None = None  # the published stream
+        self.media: Stream | None = None  # what this viewer is served from (it, or a variant)
         self.plan: planner.Plan | None = None
         self.output: WebRtcOutput | None = None
         self.tracks: dict[str, PacketTrack] = {}
@@ -262,9 +263,6 @@ class WhepSession(PeerSession):
 
     async def start(self, offer: sdp.Offer) -> str:
         kinds = offer.kinds()
-        for kind, m in kinds.items():
-            if m.direction not in ("recvonly", "sendrecv"):
-                raise SessionError(400, f"{kind} m-section is {m.direction}: a WHEP offer receives media")
         offers = {k: m.offered() for k, m in kinds.items()}
         chosen: dict[str, int] = {}
 
@@ -272,6 +270,10 @@ class WhepSession(PeerSession):
             """What this viewer is sent, planned from the settled source and the offer: a kind
             the answer has no sender for (the source's video came after the viewer settled for
             audio) must not be transcoded for it later, so the variant plans it a Drop."""
+            for kind, m in kinds.items():
+                if m.direction not in ("recvonly", "sendrecv"):
+                    raise Refusal(Code.BAD_REQUEST,
+                                  f"{kind} m-section is {m.direction}: a WHEP offer receives media")
             for kind in source.tracks:
                 offers.setdefault(kind, [])  # not offered: dropped, never transcoded for nobody
             try:
@@ -311,7 +313,8 @@ class WhepSession(PeerSession):
             raise SessionError(e.http_status, str(e)) from None
         self.player.counters = self._counters
         self.player.kick = self._kicked
-        self.media, self.output = self.player.media, self.player.sink
+        self.source, self.media = self.player.source, self.player.media
+        self.output = self.player.sink
         assert self.output is not None
         self.output.add(self)  # (frames reach it once connected: ``start_viewer``)
         answer = await self.answer(offer, chosen, self._add_tracks)
