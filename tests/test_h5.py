@@ -1282,7 +1282,7 @@ def test_a_viewer_that_comes_with_the_publisher_gets_every_track(gateway: Runnin
     """A player that connects the moment a stream is published (an auto-retrying page, a CDN
     pull) used to be planned from the tracks known then: none, or only one, for good. It now
     waits until the publisher's tracks are known and gets a variant with both."""
-    caplog.set_level(logging.INFO, logger="gateway.web.app")
+    caplog.set_level(logging.INFO, logger="gateway.hub.sessions")
     data = _play_before_the_tracks(
         gateway, caplog, "early", lambda key: Publisher(clips["plain"], gateway.rtmp_url(key)).stop,
         lambda key: asyncio.run(ws_collect(gateway.ws_url(f"{key}.jsmpeg"), 2.0)))
@@ -1294,7 +1294,7 @@ def test_an_rtmp_player_that_comes_with_an_h5_publisher_gets_h264_and_aac(
         gateway: RunningGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The same over RTMP: a play that arrives before an h5 (MPEG-1/MP2) stream's tracks are
     known waits for them, then gets the H.264 + AAC variant (it used to get nothing)."""
-    caplog.set_level(logging.INFO, logger="gateway.protocols.rtmp.server")
+    caplog.set_level(logging.INFO, logger="gateway.hub.sessions")
 
     def publish(key: str) -> Callable[[], object]:
         pub = _h5_publisher(gateway.http_url(f"{key}.ts"), seconds=8)

@@ -226,13 +226,11 @@ class Sessions:
         if source.ended:
             raise Refusal(Code.NOT_FOUND, f"stream {key} ended")
         spec = target(source) if callable(target) else target
-        from ..transcode.variant import VariantRefused  # (transcode imports the hub)
-
         try:
             media, plan = self.transcoder.media_for(self.matrix, source, spec)
-        except VariantRefused as e:
+        except Refusal as e:  # the transcoder's (capacity, a crashing transcode cooling down)
             log.warning("%s %s: %s", protocol, peer, e)
-            raise Refusal(Code.UNAVAILABLE, str(e), retry_after=e.retry_after) from None
+            raise
         except ValueError as e:
             raise Refusal(Code.UNSUPPORTED, f"cannot plan {key} for {protocol}: {e}") from None
         sink = media.sink(sink_key, make_sink)

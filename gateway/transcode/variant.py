@@ -27,6 +27,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Protocol
 
 from .. import planner
+from ..hub.sessions import Code, Refusal
 from ..hub.stream import Stream
 from ..media import Frame, StreamInfo, Track
 from .step import (
@@ -68,13 +69,15 @@ COOL_DOWN = 60.0
 CAPACITY_RETRY = 15.0  # s: Retry-After of a refusal for capacity
 
 
-class VariantRefused(ValueError):
+class VariantRefused(Refusal):
     """A new variant is not started now: that transcode of that stream kept crashing its process,
     or the transcode capacity is in use. ``str()`` says which; ``retry_after`` is in seconds."""
 
+    retry_after: float
+
     def __init__(self, reason: str, retry_after: float) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
+        super().__init__(Code.UNAVAILABLE, reason, retry_after)
+
 
 #: Plans one kind of a source's tracks again for a variant's target: (its plan, its cost).
 Replan = Callable[[Mapping[str, Track], str], tuple[planner.TrackPlan | None, float]]
