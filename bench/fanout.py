@@ -28,9 +28,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
@@ -407,7 +408,7 @@ def print_table(rows: list[Row]) -> None:
             notes.append(f"  {r.server} {r.proto} N={r.level}: " + " | ".join(r.notes))
     widths = [max(len(row[i]) for row in table) for i in range(len(hdr))]
     for i, row in enumerate(table):
-        print("  ".join(c.rjust(w) if j >= 2 else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        print("  ".join(c.rjust(w) if j >= 2 else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths, strict=False))))
         if i == 0:
             print("  ".join("-" * w for w in widths))
     if notes:
@@ -454,8 +455,8 @@ def print_comparison(rows: list[Row], args: argparse.Namespace) -> None:
             if not g or not n:
                 continue
 
-            def ratio_of(get: Callable[[Row], float | None]) -> str:
-                a, b = get(g), get(n)  # type: ignore[arg-type]
+            def ratio_of(get: Callable[[Row], float | None], g: Row = g, n: Row = n) -> str:
+                a, b = get(g), get(n)
                 return f"{a / b:.2f}" if a is not None and b else "-"
 
             gff = g.proto_result("rtmp").get("first_frame_ms_median")

@@ -29,8 +29,9 @@ import statistics
 import struct
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -339,7 +340,7 @@ class BuiltinPlaySession:
             )  # fmt: skip
             if not data:
                 return events
-        for type_id, stream_id, ts, payload in self.reader.feed(data):
+        for type_id, _stream_id, ts, payload in self.reader.feed(data):
             if type_id in (8, 9):
                 events.append((EV_MEDIA, type_id, ts, payload))
             elif type_id == 5 and len(payload) >= 4:
@@ -553,7 +554,7 @@ def classify_video(head: bytes) -> tuple[bool, bool]:
 class Viewer(asyncio.BufferedProtocol):
     """One viewer connection: parses until its first key frame, then only counts bytes."""
 
-    def __init__(self, lg: "LoadGen", idx: int, kind: str, sample: bool) -> None:
+    def __init__(self, lg: LoadGen, idx: int, kind: str, sample: bool) -> None:
         self.lg = lg
         self.idx = idx
         self.kind = kind
@@ -754,7 +755,7 @@ class LoadGen:
         v.t_start = now()
         try:
             await asyncio.wait_for(loop.create_connection(lambda: v, addr[0], addr[1]), self.args.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             v.closed = True
             v.t_closed = now()
             v.error = f"connect: {type(exc).__name__}: {exc}"[:200]

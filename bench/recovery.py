@@ -121,9 +121,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         procs.stop_all()
     rows = []
-    for n, v in zip(names, viewers):
+    for n, v in zip(names, viewers, strict=False):
         t = video_arrivals(v)
-        gaps = list(zip(t, t[1:]))
+        gaps = list(zip(t, t[1:], strict=False))
         before = [b - a for a, b in gaps if b < t_kill]
         across = [b - a for a, b in gaps if a <= t_kill < b] or [b - a for a, b in gaps if a >= t_kill][:1]
         rows.append({"stream": n, "video_packets": len(t), "first_s": round(t[0] - v["t0"], 3) if t else None,

@@ -161,7 +161,7 @@ class Clip:
         loop_ms = 0
         frame_ms = 1000.0 / 30
         for t in (VIDEO, AUDIO):
-            ts_t = [s for s, ty in zip(stamps, types) if ty == t]
+            ts_t = [s for s, ty in zip(stamps, types, strict=False) if ty == t]
             if not ts_t:
                 continue
             step = (ts_t[-1] - ts_t[0]) / (len(ts_t) - 1) if len(ts_t) > 1 else 1000.0 / 30

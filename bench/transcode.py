@@ -921,7 +921,7 @@ def print_results(gw_rows: list[GwLevel], ff_rows: list[FfLevel], audio: list[di
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in table) for i in range(len(hdr))]
     for i, r in enumerate(table):
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=False)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
     print("latency: arrival -> transcoded frame ready, of the frames coded in the window (cumulative\n"

@@ -39,6 +39,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from aiortc import VideoStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
+
+from gateway.codecs import h264
+from gateway.protocols.webrtc import seam
+from gateway.testing import WhepClient, WhipClient
+
 from _common import (
     OUT_DIR,
     REPO_ROOT,
@@ -50,13 +57,6 @@ from _common import (
     proc_cpu_seconds,
     wait_port,
 )
-from aiortc import VideoStreamTrack
-from aiortc.mediastreams import MediaStreamTrack
-
-from gateway.codecs import h264
-from gateway.protocols.webrtc import seam
-from gateway.testing import WhepClient
-from gateway.testing import WhipClient
 
 BITS = 16
 CELL = 24  # barcode cell size in pixels
@@ -206,7 +206,7 @@ async def glass_to_glass(base: str, seconds: float) -> dict[str, Any]:
     await asyncio.sleep(seconds)
     await viewer.close()
     await pub.close()
-    in_order = sum(1 for x, y in zip(stamps, stamps[1:]) if (y - x) % (1 << BITS) == 1)
+    in_order = sum(1 for x, y in zip(stamps, stamps[1:], strict=False) if (y - x) % (1 << BITS) == 1)
     return {"samples": len(lat), "consecutive_stamps": f"{in_order}/{max(0, len(stamps) - 1)}",
             "p50_ms": round(pct(lat, 50), 1), "p95_ms": round(pct(lat, 95), 1),
             "max_ms": round(max(lat) if lat else float("nan"), 1)}

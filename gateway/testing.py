@@ -77,7 +77,7 @@ class WhepClient:
         self.answer = ""
         self.kinds = [k for k, on in (("video", video), ("audio", audio)) if on]
 
-    async def start(self, on_track=None) -> None:  # type: ignore[no-untyped-def]
+    async def start(self, on_track=None) -> None:
         from aiortc import RTCRtpReceiver
 
         for kind in self.kinds:

@@ -63,12 +63,12 @@ def assert_good(p: Probe, *, seconds: float, bframes: bool) -> None:
     assert not p.decode_errors, p.decode_errors
     assert len(p.video_dts) >= seconds * 30 * 0.8, f"only {len(p.video_dts)} video frames"
     assert len(p.audio_dts) >= seconds * 43 * 0.8, f"only {len(p.audio_dts)} audio frames"
-    assert all(b > a for a, b in zip(p.video_dts, p.video_dts[1:])), "video dts not increasing"
-    assert all(b >= a for a, b in zip(p.audio_dts, p.audio_dts[1:])), "audio dts not monotonic"
-    reordered = sum(1 for d, q in zip(p.video_dts, p.video_pts) if q > d + 1e-6)
+    assert all(b > a for a, b in zip(p.video_dts, p.video_dts[1:], strict=False)), "video dts not increasing"
+    assert all(b >= a for a, b in zip(p.audio_dts, p.audio_dts[1:], strict=False)), "audio dts not monotonic"
+    reordered = sum(1 for d, q in zip(p.video_dts, p.video_pts, strict=False) if q > d + 1e-6)
     if bframes:
         assert reordered > 0, "B-frame stream lost its composition times"
-        assert all(q >= d - 1e-6 for d, q in zip(p.video_dts, p.video_pts)), "pts before dts"
+        assert all(q >= d - 1e-6 for d, q in zip(p.video_dts, p.video_pts, strict=False)), "pts before dts"
     else:
         assert reordered == 0
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from browser import Chromium, ChromiumError, require_chromium, run
 
 from gateway.media import Frame, Track
-from gateway.wire.mpegts import TsDemuxer, TsMuxer
 from gateway.static import asset_candidates, find_asset
+from gateway.wire.mpegts import TsDemuxer, TsMuxer
+
+from browser import Chromium, ChromiumError, require_chromium, run
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 

@@ -22,6 +22,13 @@ from typing import TypeVar
 import aiohttp
 import av
 import pytest
+
+from gateway.config import Config
+from gateway.hub import stream as stream_mod
+from gateway.transcode import variant as variant_mod
+from gateway.wire import flv
+from gateway.wire.mpegts import TsDemuxer
+
 from conftest import (
     FFMPEG,
     FFPROBE,
@@ -31,12 +38,6 @@ from conftest import (
     kill_while_coding,
 )
 from flvcheck import assert_cut_off, capture, probe, ws_collect
-
-from gateway.config import Config
-from gateway.hub import stream as stream_mod
-from gateway.transcode import variant as variant_mod
-from gateway.wire import flv
-from gateway.wire.mpegts import TsDemuxer
 
 T = TypeVar("T")
 
@@ -232,7 +233,7 @@ def test_h5_publish_to_rtmp_and_http_flv(gateway: RunningGateway, tmp_path: Path
             assert p.codecs == {"video": "h264", "audio": "aac"}
             assert not p.decode_errors, p.decode_errors
             assert len(p.video_dts) >= 40 and len(p.audio_dts) >= 50
-            assert all(b > a for a, b in zip(p.video_dts, p.video_dts[1:]))
+            assert all(b > a for a, b in zip(p.video_dts, p.video_dts[1:], strict=False))
     finally:
         pub.terminate()
         pub.wait(5)
@@ -534,7 +535,7 @@ def test_a_publisher_whose_clock_jumps_back_plays_on_without_a_jump(gateway: Run
             ("flv", p.video_dts, p.audio_dts),
             ("jsmpeg", [f.time for f in jsmpeg["video"]], [f.time for f in jsmpeg["audio"]])):
         for kind, ts in (("video", video), ("audio", audio)):
-            steps = [b - a for a, b in zip(ts, ts[1:])]
+            steps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
             assert min(steps) > 0 and max(steps) < 0.2, (name, kind, min(steps), max(steps))
         assert video[-1] - video[0] > 4.0, (name, video[0], video[-1])  # across the splice
         assert abs(video[-1] - audio[-1]) < 0.15, (name, video[-1], audio[-1])  # still in sync
@@ -663,9 +664,9 @@ def test_a_browser_flv_viewer_that_comes_before_a_ts_publishers_video_gets_the_v
     video after its audio had started and failed (``MediaError MediaMSEError``). And the FLV
     header names the AAC still being coded from the MP2: without it the player failed the
     same way when the audio came after the video."""
-    from browser import Chromium, require_chromium
-
     from gateway.static import find_asset
+
+    from browser import Chromium, require_chromium
 
     exe = require_chromium()
     if find_asset("mpegts.js") is None:
@@ -958,7 +959,7 @@ def test_a_transcode_that_keeps_dying_ends_its_variant_with_a_reason(
                 if variant is None:  # ended; what was sent before the close frame is still coming
                     continue
                 # read on the gateway's loop: a restart swaps the step there (never half-done)
-                step = await asyncio.to_thread(gateway.call, lambda: variant.workers.get("video"))
+                step = await asyncio.to_thread(gateway.call, variant.workers.get, "video")
                 if step is None or step.failed:  # being restarted: the next pictures tell
                     continue
                 deaths += await asyncio.to_thread(kill_while_coding, step._child, step.step_id)
@@ -1011,7 +1012,7 @@ def test_a_crash_counts_against_the_step_it_happened_in_only(clips, monkeypatch:
                 last = []
                 # the first is closed with the reason (after what was sent before the crash,
                 # however much that was on a busy machine); the second plays on
-                for ws, enough in zip(wss, (2_000_000, 50_000)):  # (~10 s of pictures)
+                for ws, enough in zip(wss, (2_000_000, 50_000), strict=False):  # (~10 s of pictures)
                     got = 0
                     while True:
                         msg = await ws.receive(timeout=10)
@@ -1078,7 +1079,7 @@ def test_a_publisher_changing_size_and_sample_rate_keeps_every_frame(gateway: Ru
     assert {f.sample_rate for f in audio} == {44100}
     assert video[-1].time - video[0].time > 6.0  # both switches (at 3 s and 6 s) are in
     for kind, ts in (("video", [f.time for f in video]), ("audio", [f.time for f in audio])):
-        steps = [b - a for a, b in zip(ts, ts[1:])]
+        steps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
         assert min(steps) > 0 and max(steps) < 0.05, (kind, min(steps), max(steps))
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.hub.fanout import Fanout, Limits, Viewer
-from gateway.web.framing import http_chunk, ws_binary
 from gateway.hub.stream import Hub, StreamBusy, StreamNotFound
 from gateway.media import Frame, StreamInfo, Track
+from gateway.web.framing import http_chunk, ws_binary
 
 
 class FakeTransport:
@@ -40,7 +40,7 @@ def test_batches_are_shared_objects_not_copies() -> None:
     f.push(b"key", keyframe=True, flush=True)
     f.push(b"delta", flush=True)
     assert a.writes[1:] == [b"key", b"delta"]
-    assert all(x is y for x, y in zip(a.writes[1:], b.writes[1:]))
+    assert all(x is y for x, y in zip(a.writes[1:], b.writes[1:], strict=False))
 
 
 def test_new_viewer_gets_header_and_gop_from_latest_keyframe() -> None:

@@ -14,9 +14,10 @@ import av
 import numpy as np
 import pytest
 
+from gateway.config import Config
+
 from browser import Chromium, require_chromium, run
 from conftest import FFMPEG, Publisher, RunningGateway, _start_gateway
-from gateway.config import Config
 
 
 def _picture(png: bytes) -> np.ndarray:

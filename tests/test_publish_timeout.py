@@ -14,8 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conftest import FFMPEG, Publisher, RunningGateway, _start_gateway
 from gateway.config import Config
+
+from conftest import FFMPEG, Publisher, RunningGateway, _start_gateway
 
 TIMEOUT = 1.0
 

@@ -65,7 +65,7 @@ def test_a_signal_to_the_whole_group_stops_the_gateway_cleanly(clips, tmp_path: 
                 chunk = viewer.recv(65536)
             except TimeoutError:
                 log.seek(0)
-                raise AssertionError(log.read().decode()[-3000:] + repr(got[:300]))
+                raise AssertionError(log.read().decode()[-3000:] + repr(got[:300])) from None
             if b" 404 " in chunk[:20]:  # not live yet
                 viewer.close()
                 viewer, got = None, b""

@@ -14,12 +14,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiortc import VideoStreamTrack
-from conftest import FFMPEG, Publisher, RunningGateway, _start_gateway
 
 from gateway.config import Config
 from gateway.hub.sessions import Code, Refusal
 from gateway.testing import WhepClient, WhipClient
 from gateway.wire.rtmp import connection as rc
+
+from conftest import FFMPEG, Publisher, RunningGateway, _start_gateway
 
 SECRET = "live/secret"  # published over RTMP; nobody may play it
 DENIED = "live/denied"  # nobody may publish it

@@ -184,7 +184,7 @@ def test_pair_converts_and_keeps_timing(sources: dict[str, Path], src: str, dst:
     assert abs(len(x) / rate - (end_out - t_out)) < 0.001
     ref_c = centroids(ref_start, ref_rate, ref, range(int(ref_start) + 1, int(ref_start) + 4))
     out_c = centroids(start, rate, x, range(int(ref_start) + 1, int(ref_start) + 4))
-    skew = [round((o - r) * 1000, 2) for o, r in zip(out_c, ref_c)]
+    skew = [round((o - r) * 1000, 2) for o, r in zip(out_c, ref_c, strict=False)]
     assert max(abs(s) for s in skew) < 1.0, f"A/V skew {skew} ms"
 
 
@@ -215,7 +215,7 @@ def test_round_trip_60s_has_no_drift(sources: dict[str, Path],
     ref_c = centroids(ref_start, ref_rate, ref, range(1, 60))
     for out in (opus, aac):
         start, rate, _, x = pcm(out)
-        skew = [(o - r) * 1000 for o, r in zip(centroids(start, rate, x, range(1, 60)), ref_c)]
+        skew = [(o - r) * 1000 for o, r in zip(centroids(start, rate, x, range(1, 60)), ref_c, strict=False)]
         with capsys.disabled():
             print(f"\n{out[0].track.codec}: burst skew vs source over 60 s: "
                   f"first {skew[0]:+.3f} ms, last {skew[-1]:+.3f} ms, max {max(map(abs, skew)):.3f} ms")
@@ -233,7 +233,7 @@ def test_gap_is_filled_with_silence_and_stays_in_sync(sources: dict[str, Path]) 
     assert [f.pts - out[0].pts for f in out] == [i * 960 for i in range(len(out))]
     start, rate, _, x = pcm(out)
     ref_start, ref_rate, ref = pcm_of_file(sources["aac"])
-    for o, r in zip(centroids(start, rate, x, range(2, 4)), centroids(ref_start, ref_rate, ref, range(2, 4))):
+    for o, r in zip(centroids(start, rate, x, range(2, 4)), centroids(ref_start, ref_rate, ref, range(2, 4)), strict=False):
         assert abs(o - r) < 0.001
 
 

@@ -19,7 +19,6 @@ from fractions import Fraction
 
 import av
 import pytest
-from conftest import _make_clip
 
 from gateway import planner
 from gateway.codecs import h264
@@ -29,6 +28,8 @@ from gateway.transcode import pool as pool_mod
 from gateway.transcode import variant as variant_mod
 from gateway.transcode.step import needed_for_decoding
 from gateway.transcode.transcoder import Transcoder
+
+from conftest import _make_clip
 
 SEQ = b"\x00\x00\x01\xb3"
 
@@ -243,9 +244,9 @@ def test_non_reference_frames_can_go_without_changing_the_others(media) -> None:
     _, frames = media["video"]
     disposable = _disposable(frames)
     assert 0 < sum(disposable) < len(frames) // 2  # x264's B-frames that nothing references
-    assert not any(d for d, f in zip(disposable, frames) if f.keyframe)
+    assert not any(d for d, f in zip(disposable, frames, strict=False) if f.keyframe)
     full = _decoded(frames)
-    kept = [f for d, f in zip(disposable, frames) if not d]
+    kept = [f for d, f in zip(disposable, frames, strict=False) if not d]
     assert _decoded(kept) == {f.pts: full[f.pts] for f in kept}  # bit-exact, none missing
 
 

@@ -17,11 +17,12 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from conftest import Publisher, RunningGateway
 
 from gateway import app as app_mod
 from gateway.config import Config
 from gateway.transcode.variant import Variant
+
+from conftest import Publisher, RunningGateway
 
 T = TypeVar("T")
 

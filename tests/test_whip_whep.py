@@ -20,11 +20,9 @@ from types import SimpleNamespace
 
 import aiohttp
 import av
-import flvcheck
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
-from conftest import FFMPEG, RunningGateway, _start_gateway, kill_while_coding
 
 from gateway.codecs import h264
 from gateway.config import Config
@@ -37,6 +35,9 @@ from gateway.testing import WhepClient, WhipClient
 from gateway.wire import sdp
 from gateway.wire.rtp import clock as clock_mod
 from gateway.wire.rtp.clock import RtpClock
+
+import flvcheck
+from conftest import FFMPEG, RunningGateway, _start_gateway, kill_while_coding
 
 VIDEO_TB = fractions.Fraction(1, 90000)
 AUDIO_TB = fractions.Fraction(1, 48000)
@@ -348,7 +349,7 @@ def test_video_pts_never_share_a_millisecond() -> None:
     pts = [whip_mod.WhipSession._pts(holder, "video", t, whip_mod.VIDEO_TB)  # type: ignore[arg-type]
            for t in (1.000, 1.033, 0.990, 0.995, 1.066, 1.100)]
     ms = [round(p / 90) for p in pts]
-    assert all(b > a for a, b in zip(ms, ms[1:])), ms
+    assert all(b > a for a, b in zip(ms, ms[1:], strict=False)), ms
     assert pts[-2:] == [round(1.066 * 90000), round(1.100 * 90000)]  # back on the clock
 
 
@@ -629,7 +630,7 @@ def test_whip_to_http_flv_video_passed_through_opus_to_aac_in_sync(
     assert p.codecs == {"video": "h264", "audio": "aac"}, p.codecs
     assert not p.decode_errors, p.decode_errors
     assert len(p.video_dts) >= 100 and len(p.audio_dts) >= 150, (len(p.video_dts), len(p.audio_dts))
-    assert all(b > a for a, b in zip(p.video_dts, p.video_dts[1:]))
+    assert all(b > a for a, b in zip(p.video_dts, p.video_dts[1:], strict=False))
     flashes, beeps = _flash_and_beep_times(out)
     assert len(flashes) >= 3 and len(beeps) >= 3, (flashes, beeps)
     skews = [min((b - f for b in beeps), key=abs) for f in flashes]

@@ -194,7 +194,7 @@ class _Ctx:
             raw = value.get(bound)
             if raw is not None and not is_number(raw):
                 raise self.error(f"{key}.{bound}", f"expected a number, got {raw!r}")
-            bounds[bound] = raw  # type: ignore[assignment]
+            bounds[bound] = raw
         lo, hi = bounds["min"], bounds["max"]
         if lo is not None and hi is not None and lo > hi:
             raise self.error(key, f"min {lo} is greater than max {hi}")

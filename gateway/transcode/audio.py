@@ -261,7 +261,7 @@ class AudioTranscoder(CodecStep):
             if self._expected is not None:
                 self._expected *= unit // self._unit
             self._unit = unit
-        t = pts * tb.numerator * (unit // tb.denominator) if tb else None
+        t = pts * tb.numerator * (unit // tb.denominator) if pts is not None and tb else None
         duration = samples * (unit // rate)
         key = (af.format.name, af.layout.name, rate)
         if key != self._res_key:

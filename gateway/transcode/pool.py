@@ -233,7 +233,7 @@ class _Child:
                 except OSError:
                     pass
         # which step each codec thread is on (see ``child._ChildLoop``): a crash is blamed on that one
-        self.coding = ctx.RawArray("q", max(1, threads))  # type: ignore[attr-defined]
+        self.coding = ctx.RawArray("q", max(1, threads))
         self.process: multiprocessing.process.BaseProcess = ctx.Process(  # type: ignore[attr-defined]
             target=child_main, args=(child, logging.getLogger().getEffectiveLevel(), threads,
                                       self.coding),

@@ -90,12 +90,18 @@ class TrackWorker(Protocol):
     kind: str
     frames_in: int
     frames_out: int
-    dropped: int
-    skipped: int
-    shed: int
     errors: int
     timings: Timings
     failed: str | None  # why the step stopped for good; None while it runs
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def skipped(self) -> int: ...
+
+    @property
+    def shed(self) -> int: ...
 
     def submit(self, frame: Frame, replay: bool = False) -> None:
         """Queue ``frame`` (``replay``: from the source's GOP cache, as the variant starts)."""

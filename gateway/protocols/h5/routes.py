@@ -137,7 +137,7 @@ class _WsReader:
             # (timeout > 0 from _pump: aiohttp reads 0 as none)
             msg = await self.ws.receive(timeout=timeout)
             if msg.type == WSMsgType.BINARY:
-                return msg.data  # type: ignore[no-any-return]
+                return msg.data
             if msg.type == WSMsgType.TEXT:  # ignoring it would hold the key with no media
                 raise TsError("a text message: send the MPEG-TS as binary WebSocket messages "
                               "(an ArrayBuffer or Blob, not a string)")
@@ -183,13 +183,13 @@ class _BodyReader:
         self._rest_taken = True
         # aiohttp has no public way to read a body past the exception it set at the close
         exc = content.exception()
-        content._exception = None  # type: ignore[attr-defined]
+        content._exception = None
         try:
             return content.read_nowait(-1)
         except RuntimeError:  # a read still waiting: nothing can be taken past it
             return b""
         finally:
-            content._exception = exc  # type: ignore[attr-defined]
+            content._exception = exc
 
 
 async def ts_ingest(request: web.Request) -> web.StreamResponse:

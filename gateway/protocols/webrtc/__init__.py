@@ -92,6 +92,10 @@ class PeerSession:
 
     # -- negotiation ---------------------------------------------------------------------
 
+    async def start(self, offer: sdp.Offer) -> str:
+        """Subclass: negotiate ``offer``, claim or find the stream, return the answer SDP."""
+        raise NotImplementedError
+
     async def answer(self, offer: sdp.Offer, chosen: Mapping[str, int],
                      prepare: Callable[[], None]) -> str:
         """Apply the trimmed offer, let ``prepare`` attach taps/tracks, return the answer SDP."""
@@ -129,7 +133,7 @@ class PeerSession:
             cand.sdpMid = mid or (mids[0] if mids else None)
             await self.pc.addIceCandidate(cand)
         if frag.end_of_candidates:
-            await self.pc.addIceCandidate(None)  # type: ignore[arg-type]
+            await self.pc.addIceCandidate(None)
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -240,8 +240,8 @@ class WhipSession(PeerSession):
         except h264.H264Error as e:
             self._lost(f"unusable H264 frame ({e})")
             return
-        sps = [n for n, t in zip(nals, types) if t == h264.NAL_SPS]
-        pps = [n for n, t in zip(nals, types) if t == h264.NAL_PPS]
+        sps = [n for n, t in zip(nals, types, strict=False) if t == h264.NAL_SPS]
+        pps = [n for n, t in zip(nals, types, strict=False) if t == h264.NAL_PPS]
         if sps and pps and (sps != self._sps or pps != self._pps):
             try:
                 info = h264.parse_sps(sps[0])
@@ -258,7 +258,7 @@ class WhipSession(PeerSession):
         if self.video is None or (self._need_key and not keyframe):
             self._lost("no keyframe yet" if self.video is None else "frames lost")
             return
-        body = [n for n, t in zip(nals, types)
+        body = [n for n, t in zip(nals, types, strict=False)
                 if t not in (h264.NAL_SPS, h264.NAL_PPS, h264.NAL_AUD)]
         if not body:
             return

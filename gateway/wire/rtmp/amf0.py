@@ -86,11 +86,11 @@ class _Undefined:
 UNDEFINED: Final = _Undefined()
 
 
-class ECMAArray(dict):  # type: ignore[type-arg]
+class ECMAArray(dict):
     """Associative array; ``onMetaData`` is usually sent as one, and some peers insist on it."""
 
 
-class TypedObject(dict):  # type: ignore[type-arg]
+class TypedObject(dict):
     """Object carrying an ActionScript class name."""
 
     def __init__(self, class_name: str, *args: Any, **kwargs: Any) -> None:
