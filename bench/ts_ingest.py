@@ -2,7 +2,7 @@
 """What an h5 (MPEG-TS) publisher costs the gateway, by how it cuts its stream.
 
 A client may send each 188-byte TS packet alone, as a WebSocket message or as an HTTP chunk;
-the gateway gathers small pieces before demuxing them (``servers/h5_http.py``, ``_pump``). For
+the gateway gathers small pieces before demuxing them (``gateway/protocols/h5/routes.py``, ``_pump``). For
 each transport and piece size, one publisher sends an FFmpeg-made MPEG-1/MP2 TS at ``--rate``
 for ``--seconds``, and the gateway process's CPU (utime + stime from /proc) over that time is
 printed as % of one core. A fresh gateway per run.

@@ -2,7 +2,7 @@
 over WHEP in a <video>, and read the same stream with the FFmpeg CLI over HTTP-FLV.
 
 Chromium runs with ``--allow-loopback-in-peer-connection`` (tests/browser.py) and the gateway
-answers ICE checks only from loopback when its candidates are loopback (gateway/webrtc/seam.py),
+answers ICE checks only from loopback when its candidates are loopback (gateway/protocols/webrtc/seam.py),
 so all media stays on 127.0.0.1.
 """
 

@@ -15,14 +15,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ..media import StreamInfo
 from .stream import SETTLE_WAIT, Hub, HubError, NoMediaYet, Sink, Stream
 
 if TYPE_CHECKING:
     from ..planner import Matrix, Plan, TargetSpec
-    from ..transcode.transcoder import Transcoder
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,14 @@ Authorize = Callable[[str, str, str, str, Mapping[str, str]], Awaitable[None] | 
 #: ``on_missing(key, protocol, peer, query)``: a stream for a key nobody publishes (a CDN pull
 #: started on demand, a cluster lookup), or None for "not found". Default: None.
 OnMissing = Callable[[str, str, str, Mapping[str, str]], Awaitable[Stream | None]]
+
+class Planner(Protocol):
+    """What plans a viewer's media: the gateway's ``transcode.Transcoder`` (the source itself,
+    or the shared variant its target needs, started on first use)."""
+
+    def media_for(self, matrix: Matrix, stream: Stream,
+                  target: str | TargetSpec) -> tuple[Stream, Plan]: ...
+
 
 S = TypeVar("S", bound=Sink)
 Stats = Callable[[], Mapping[str, Any]]
@@ -125,7 +132,7 @@ class Player(Session, Generic[S]):
 class Sessions:
     """Starts, refuses, watches and lists every publisher and viewer of one gateway."""
 
-    def __init__(self, hub: Hub, matrix: Matrix, transcoder: Transcoder, *,
+    def __init__(self, hub: Hub, matrix: Matrix, transcoder: Planner, *,
                  publish_timeout: float = 0.0, authorize: Authorize | None = None,
                  on_missing: OnMissing | None = None) -> None:
         self.hub = hub

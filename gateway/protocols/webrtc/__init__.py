@@ -1,8 +1,8 @@
 """WebRTC: WHIP ingest and WHEP egress on aiortc, media kept encoded end to end.
 
-``seam`` is the only module that touches aiortc internals; ``sdp`` inspects and trims offers
-(sans-I/O); ``whip`` is the publishing session, ``whep`` the playing one with the shared output
-that converts each frame once for every viewer. HTTP routes live in ``servers.webrtc_http``.
+``seam`` is the only module that touches aiortc internals; ``wire.sdp`` inspects and trims
+offers (sans-I/O); ``whip`` is the publishing session, ``whep`` the playing one with the shared
+output that converts each frame once for every viewer; ``routes`` are the HTTP resources.
 
 This module holds what both sessions share: their settings and the aiortc peer lifecycle
 (negotiation on a trimmed offer, trickle ICE, closing exactly once).

@@ -89,7 +89,7 @@ def _check(obj: object, attr: str, what: str) -> Any:
         return getattr(obj, attr)
     except AttributeError:
         raise SeamError(f"aiortc changed: {type(obj).__name__} has no {attr} ({what}); "
-                        "update gateway/webrtc/seam.py") from None
+                        "update gateway/protocols/webrtc/seam.py") from None
 
 
 def tap_receiver(receiver: RTCRtpReceiver, kind: str, on_frame: FrameCallback,
@@ -226,7 +226,7 @@ def _install_ice_hook() -> None:
     current = getattr(aioice.ice, "get_host_addresses", None)
     if current is None:
         raise SeamError("aioice changed: aioice.ice.get_host_addresses is gone; "
-                        "update gateway/webrtc/seam.py")
+                        "update gateway/protocols/webrtc/seam.py")
     if current is not _host_addresses:
         _original_host_addresses = current
         aioice.ice.get_host_addresses = _host_addresses
@@ -234,7 +234,7 @@ def _install_ice_hook() -> None:
     received = getattr(conn, "request_received", None)
     if received is None or not hasattr(conn, "__init__"):
         raise SeamError("aioice changed: Connection.request_received is gone; "
-                        "update gateway/webrtc/seam.py")
+                        "update gateway/protocols/webrtc/seam.py")
     if not getattr(received, "__gateway_seam__", False):
         setattr(conn, "request_received", _loopback_only_checks(received))  # noqa: B010 (a patch)
 
