@@ -1,9 +1,10 @@
 """The stream hub: live streams keyed ``app/stream``, one publisher each, frame GOP cache, sinks.
 
 A *sink* is anything that consumes a stream's frames: an output format with its viewers (RTMP,
-FLV), later a transcoding variant. Sinks are created on demand by key (``Stream.sink``) so that
-every viewer needing the same output shares one, and removed when their last viewer leaves.
-The hub never knows which protocol a frame came from.
+FLV, jsmpeg, WHEP) or a transcoding variant (itself a ``Stream`` with sinks). Sinks are created
+on demand by key (``Stream.sink``, through the session service's ``play``) so that every viewer
+needing the same output shares one, and removed when their last viewer leaves. The hub never
+knows which protocol a frame came from; who may publish or play is ``hub.sessions``'s call.
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ class Stream:
 
 
 class Hub:
-    """Registry of live streams; the only place that decides who may publish which key."""
+    """Registry of live streams: one publisher per key (``hub.sessions`` is the way in)."""
 
     def __init__(self) -> None:
         self.streams: dict[str, Stream] = {}
