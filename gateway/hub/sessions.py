@@ -67,6 +67,7 @@ Authorize = Callable[[str, str, str, str, Mapping[str, str]], Awaitable[None] | 
 #: started on demand, a cluster lookup), or None for "not found". Default: None.
 OnMissing = Callable[[str, str, str, Mapping[str, str]], Awaitable[Stream | None]]
 
+
 class Planner(Protocol):
     """What plans a viewer's media: the gateway's ``transcode.Transcoder`` (the source itself,
     or the shared variant its target needs, started on first use)."""
