@@ -1,1 +1,3 @@
-"""RTP halves shared by the protocols that carry RTP (``webrtc``, ``udp``), sans I/O."""
+"""RTP shared by the protocols that carry it (``webrtc``, ``udp``), sans I/O: packets and RTCP
+(``packet``), payload formats (``h264``, ``aac``, ``opus``), frame assembly in order
+(``assembler``) and the session clock from sender reports (``clock``)."""

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ...codecs.aac import AacError, parse_asc
-from .h264 import RtpPayload, RtpPayloadError
+from .payload import RtpPayload, RtpPayloadError
 
 __all__ = [
     "AacFrame",

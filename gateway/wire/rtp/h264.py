@@ -11,9 +11,9 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from ...codecs.h264 import NAL_IDR, NAL_PPS, NAL_SPS, join_annexb, join_avcc
+from .payload import RtpPayload, RtpPayloadError
 
 __all__ = [
     "CLOCK_RATE",
@@ -35,18 +35,6 @@ CLOCK_RATE = 90000
 STAP_A = 24
 FU_A = 28
 _SEQ_MOD = 1 << 16
-
-
-class RtpPayloadError(ValueError):
-    """A malformed or unsupported RTP payload (the only exception the depacketizers raise)."""
-
-
-class RtpPayload(NamedTuple):
-    """One packet's payload as a packetizer makes it; the RTP header is the caller's."""
-
-    payload: bytes
-    marker: bool
-    timestamp: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@ never vary (the clock is always 48 kHz and the rtpmap always says two channels).
 
 from __future__ import annotations
 
-from .h264 import RtpPayload, RtpPayloadError
+from .payload import RtpPayload, RtpPayloadError
 
 __all__ = [
     "CLOCK_RATE",
