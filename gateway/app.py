@@ -18,6 +18,7 @@ from .hub.stream import Hub
 from .protocols.h5 import routes as h5_routes
 from .protocols.rtmp import routes as rtmp_routes
 from .protocols.rtmp import server as rtmp
+from .protocols.udp import routes as udp_routes
 from .protocols.webrtc import routes as webrtc_routes
 from .transcode.transcoder import Transcoder
 from .web import app as http
@@ -62,7 +63,7 @@ async def start(config: Config, *, authorize: Authorize | None = None,
     ctx = Context(config, hub, matrix, transcoder, sessions)
     rtmp_server = await rtmp.serve(ctx)
     app = http.make_app(ctx, [rtmp_routes.add_routes, h5_routes.add_routes,
-                              webrtc_routes.add_routes])
+                              webrtc_routes.add_routes, udp_routes.add_routes])
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.http_port, backlog=4096)

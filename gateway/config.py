@@ -55,6 +55,11 @@ class Config:
     # (``cpus.usable_cpus``: affinity, capped by a container's CPU quota);
     # 0: no limit.
     transcode_capacity: float = -1.0
+    # ``udp`` (RTP) sessions: the UDP ports they get (RTP on even ports, RTCP on the next one)
+    # and how many may run at once.
+    rtp_port_min: int = 30000
+    rtp_port_max: int = 30999
+    rtp_max_sessions: int = 200
 
     def effective_transcode_capacity(self) -> float:
         if self.transcode_capacity >= 0:

@@ -33,6 +33,7 @@ __all__ = [
     "h264_profile",
     "parse",
     "parse_sdpfrag",
+    "parse_codecs",
     "payload_types",
     "restore_fmtp",
     "restrict",
@@ -191,6 +192,11 @@ def parse(text: str) -> Offer:
     if not media:
         raise SdpError("SDP has neither an audio nor a video m-section")
     return Offer(text, media)
+
+
+def parse_codecs(formats: Sequence[str], attrs: Sequence[str]) -> list[Codec]:
+    """The payload types of one m-section (its format list and attribute lines)."""
+    return _codecs(formats, attrs)
 
 
 def _codecs(formats: Sequence[str], attrs: Sequence[str]) -> list[Codec]:

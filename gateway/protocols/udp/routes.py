@@ -1,0 +1,188 @@
+"""RTP set-up over HTTP (the ``udp`` protocol's contract):
+
+    POST   /{app}/{stream}/rtp/publish        application/sdp: what the client will send
+                                              -> 201, Location, the SDP of where to send it
+    DELETE /{app}/{stream}/rtp/publish/{id}   ends the session -> 200
+
+Errors are 4xx/5xx with the reason as text: 415 (not SDP), 400 (bad SDP), 422 (no codec the
+gateway takes), 409 (stream busy), 503 (no UDP port or session left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+
+from ... import planner
+from ...hub.sessions import Code, Publisher, Refusal, Sessions
+from ...web.common import CORS, CTX, peer, query, refused, stream_key
+from ...wire.rtp.clock import RtpClock
+from ...wire.rtp.session import RtpDescription, RtpMedia, answer, parse
+from ...wire.sdp import Codec, SdpError
+from .ingest import RtpTrack, TrackError, UdpEndpoint, push_to
+from .ports import PortRange, PortsExhausted
+
+log = logging.getLogger(__name__)
+
+SDP = "application/sdp"
+
+
+class RtpPublish:
+    """One RTP publisher: its ports, its tracks, its publisher session."""
+
+    def __init__(self, sessions: Sessions, key: str, peer_addr: str,
+                 query: Mapping[str, str]) -> None:
+        self.sessions = sessions
+        self.key = key
+        self.peer = peer_addr
+        self.peer_host = peer_addr.rsplit(":", 1)[0].strip("[]")
+        self.query = query
+        self.id = secrets.token_urlsafe(12)
+        self.publisher: Publisher | None = None
+        self.clock = RtpClock()
+        self.endpoints: list[UdpEndpoint] = []
+        self.tracks: list[RtpTrack] = []
+        self.closed = False
+
+    def choose(self, desc: RtpDescription) -> list[tuple[RtpMedia, Codec, str]]:
+        """Per kind, the payload type to take: the matrix's order among what the SDP offers."""
+        kinds = desc.kinds()
+        offers = {k: [name for _, name in m.usable()] for k, m in kinds.items()}
+        chosen = planner.negotiate_publish(self.sessions.matrix, "udp", offers)
+        out = []
+        for kind, m in kinds.items():
+            name = chosen.get(kind)
+            codec = next((c for c, n in m.usable() if n == name), None)
+            if name is not None and codec is not None:
+                out.append((m, codec, name))
+        if not out:
+            offered = {k: [c.name for c in m.codecs] for k, m in kinds.items()}
+            raise Refusal(Code.UNSUPPORTED, f"no codec the gateway takes over RTP was offered "
+                                            f"(got {offered}; want H264, and Opus or AAC as "
+                                            "mpeg4-generic AAC-hbr or MP4A-LATM cpresent=0)")
+        return out
+
+    async def start(self, desc: RtpDescription, ports: PortRange, local: str) -> str:
+        """Claim the key, bind a port (pair) per track, return the answer SDP."""
+        chosen = self.choose(desc)
+        self.publisher = await self.sessions.publish(self.key, "udp", self.peer, self.query,
+                                                     kick=self._kicked)
+        stream = self.publisher.stream
+        assert stream is not None
+        self.publisher.counters = self._counters
+        loop = asyncio.get_running_loop()
+        answered: list[tuple[RtpMedia, Codec, int]] = []
+        try:
+            for media, codec, name in chosen:
+                track = RtpTrack(media, codec, name, self.clock, push_to(stream),
+                                 f"udp {self.peer} {self.key} {media.kind}")
+                port, rtp_sock, rtcp_sock = ports.allocate(media.rtcp_mux)
+                for sock, rtcp_only in ((rtp_sock, False), (rtcp_sock, True)):
+                    if sock is None:
+                        continue
+                    endpoint = UdpEndpoint(track, self.peer_host, self.publisher.touch,
+                                           rtcp_only)
+                    await loop.create_datagram_endpoint(_factory(endpoint), sock=sock)
+                    self.endpoints.append(endpoint)
+                self.tracks.append(track)
+                answered.append((media, codec, port))
+        except PortsExhausted as e:
+            self.close("no UDP port left")
+            raise Refusal(Code.UNAVAILABLE, str(e), retry_after=5.0) from None
+        except TrackError as e:
+            self.close(str(e))
+            raise Refusal(Code.UNSUPPORTED, str(e)) from None
+        return answer(local, abs(hash(self.id)) % (1 << 31), answered, "recvonly")
+
+    def _counters(self) -> dict[str, object]:
+        return {"bytes_in": self.publisher.stream.bytes_in if self.publisher and
+                self.publisher.stream else 0,
+                "packets": sum(t.packets for t in self.tracks),
+                "foreign": sum(e.foreign for e in self.endpoints),
+                "malformed": sum(e.malformed for e in self.endpoints)}
+
+    def _kicked(self, reason: str) -> None:
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for e in self.endpoints:
+            e.close()
+        if self.publisher is not None:
+            self.sessions.unpublish(self.publisher, f"RTP session ended: {reason}")
+        log.info("udp %s %s: ended: %s", self.peer, self.key, reason)
+
+
+def _factory(endpoint: UdpEndpoint) -> Callable[[], UdpEndpoint]:
+    return lambda: endpoint
+
+
+SESSIONS: web.AppKey[dict[str, RtpPublish]] = web.AppKey("udp_sessions", dict)
+PORTS: web.AppKey[PortRange] = web.AppKey("udp_ports", PortRange)
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.Response(status=status, text=reason.rstrip() + "\n", headers=CORS)
+
+
+async def publish_post(request: web.Request) -> web.Response:
+    key = stream_key(request)
+    ctx = request.app[CTX]
+    if request.content_type != SDP:
+        return _error(415, f"Content-Type must be {SDP}, not {request.content_type or 'missing'}")
+    try:
+        desc = parse(await request.text())
+    except (SdpError, UnicodeDecodeError) as e:
+        return _error(400, f"bad SDP: {e}")
+    live = request.app[SESSIONS]
+    if len(live) >= ctx.config.rtp_max_sessions:
+        return _error(503, f"too many RTP sessions ({ctx.config.rtp_max_sessions})")
+    session = RtpPublish(ctx.sessions, key, peer(request), query(request))
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    local = sockname[0] if sockname else "127.0.0.1"
+    try:
+        text = await session.start(desc, request.app[PORTS], local)
+    except Refusal as e:
+        session.close(str(e))
+        raise refused(e) from None
+    live[session.id] = session
+    log.info("udp %s: publishing %s: %s", session.peer, key,
+             ", ".join(f"{t.kind} {t.name} pt {t.codec.pt}" for t in session.tracks))
+
+    def forget(task: object = None) -> None:
+        live.pop(session.id, None)
+
+    assert session.publisher is not None and session.publisher.stream is not None
+    stream = session.publisher.stream
+    asyncio.ensure_future(stream.finished.wait()).add_done_callback(forget)
+    return web.Response(status=201, text=text, content_type=SDP,
+                        headers={**CORS, "Location": f"{request.path.rstrip('/')}/{session.id}"})
+
+
+async def publish_delete(request: web.Request) -> web.Response:
+    session = request.app[SESSIONS].get(request.match_info["id"])
+    if session is None or session.key != stream_key(request):
+        return _error(404, "no such session")
+    session.close("client ended the session")
+    request.app[SESSIONS].pop(session.id, None)
+    return web.Response(status=200, headers=CORS)
+
+
+async def _close_all(app: web.Application) -> None:
+    for session in list(app[SESSIONS].values()):
+        session.close("gateway shutting down")
+
+
+def add_routes(app: web.Application) -> None:
+    config = app[CTX].config
+    app[SESSIONS] = {}
+    app[PORTS] = PortRange(config.host, config.rtp_port_min, config.rtp_port_max)
+    app.router.add_post("/{app}/{name}/rtp/publish", publish_post)
+    app.router.add_delete("/{app}/{name}/rtp/publish/{id}", publish_delete)
+    app.on_shutdown.append(_close_all)

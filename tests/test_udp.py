@@ -1,0 +1,158 @@
+"""``udp`` publish: the FFmpeg CLI sends RTP (one ``-f rtp`` output per track, its
+``-sdp_file`` POSTed first) and RTMP / HTTP-FLV viewers get the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.config import Config
+from gateway.wire.rtp import session as rtp_sdp
+
+from conftest import FFMPEG, RunningGateway, _start_gateway
+from flvcheck import capture, probe
+
+AUDIO = {"aac": ["-c:a", "aac", "-b:a", "64k"], "latm": ["-c:a", "aac", "-b:a", "64k"],
+         "opus": ["-c:a", "libopus", "-b:a", "64k"]}
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ffmpeg_rtp(video_port: int, audio_port: int, audio: str, seconds: float,
+                sdp: Path | None = None) -> list[str]:
+    latm = ["-rtpflags", "latm"] if audio == "latm" else []
+    return [FFMPEG, "-hide_banner", "-v", "error", "-re",
+            "-t", str(seconds), "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+            "-t", str(seconds), "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+            "-map", "0:v", "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+            "-g", "25", "-bf", "0", "-f", "rtp", f"rtp://127.0.0.1:{video_port}",
+            "-map", "1:a", *AUDIO[audio], *latm, "-f", "rtp", f"rtp://127.0.0.1:{audio_port}",
+            *(["-sdp_file", str(sdp)] if sdp else [])]
+
+
+def _sdp_of(audio: str, tmp_path: Path) -> str:
+    """What the FFmpeg CLI will send, as it describes it (sent nowhere that listens)."""
+    sdp = tmp_path / f"{audio}.sdp"
+    subprocess.run(_ffmpeg_rtp(_free_udp_port(), _free_udp_port(), audio, 0.2, sdp),
+                   check=True, timeout=60, capture_output=True)
+    return sdp.read_text()
+
+
+async def _post(url: str, body: str, ctype: str = "application/sdp") -> tuple[int, str, str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=body, headers={"Content-Type": ctype}) as r:
+            return r.status, await r.text(), r.headers.get("Location", "")
+
+
+@pytest.fixture
+def gateway() -> object:
+    config = Config(host="127.0.0.1", rtmp_port=0, http_port=0, rtp_port_min=31000,
+                    rtp_port_max=31999)
+    yield from _start_gateway(config)
+
+
+@pytest.mark.parametrize("audio", ["aac", "latm", "opus"])
+def test_ffmpeg_rtp_publisher_is_played_over_rtmp_and_flv(gateway: RunningGateway, audio: str,
+                                                         tmp_path: Path) -> None:
+    key = f"live/rtp{audio}"
+    status, answer, location = asyncio.run(
+        _post(gateway.http_url(f"{key}/rtp/publish"), _sdp_of(audio, tmp_path)))
+    assert status == 201, answer
+    assert location.endswith(f"/{key}/rtp/publish/" + location.rsplit("/", 1)[1])
+    desc = rtp_sdp.parse(answer)
+    ports = {m.kind: m.port for m in desc.media}
+    assert set(ports) == {"video", "audio"} and all(31000 <= p <= 31999 for p in ports.values())
+    assert all(m.address == "127.0.0.1" for m in desc.media)
+    pub = subprocess.Popen(_ffmpeg_rtp(ports["video"], ports["audio"], audio, 12),
+                           stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        gateway.wait_stream(key)
+        flv = tmp_path / "out.flv"
+        r = capture(gateway.http_url(f"{key}.flv"), flv, 3.0)
+        assert r.returncode == 0, r.stderr
+        got = probe(flv)
+        assert got.codecs == {"video": "h264", "audio": "aac"}, got.codecs
+        assert not got.decode_errors, got.decode_errors
+        span = got.video_dts[-1] - got.video_dts[0]
+        assert 2.0 <= span <= 4.0 and len(got.video_dts) >= 50, (span, len(got.video_dts))
+        rtmp = tmp_path / "rtmp.flv"
+        r = capture(gateway.rtmp_url(key), rtmp, 2.0)
+        assert r.returncode == 0 and probe(rtmp).codecs == {"video": "h264", "audio": "aac"}
+        stream = gateway.gw.hub.streams[key]
+        assert stream.info.protocol == "udp"
+        assert stream.tracks["audio"].codec == ("opus" if audio == "opus" else "aac")
+        sessions = [s for s in gateway.call(gateway.gw.ctx.sessions.stats)
+                    if s["role"] == "publish"]
+        assert sessions[0]["protocol"] == "udp" and sessions[0]["packets"] > 100, sessions
+    finally:
+        pub.terminate()
+        pub.wait(10)
+    # DELETE ends the session and frees the key
+    async def delete() -> int:
+        async with aiohttp.ClientSession() as http:
+            async with http.delete(gateway.http_url(location.lstrip("/"))) as r:
+                return r.status
+
+    assert asyncio.run(delete()) == 200
+    deadline = time.monotonic() + 5
+    while key in gateway.gw.hub.streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert key not in gateway.gw.hub.streams
+
+
+def test_rtp_from_another_host_is_dropped_and_counted(gateway: RunningGateway,
+                                                      tmp_path: Path) -> None:
+    status, answer, _ = asyncio.run(
+        _post(gateway.http_url("live/foreign/rtp/publish"), _sdp_of("opus", tmp_path)))
+    assert status == 201, answer
+    port = next(m.port for m in rtp_sdp.parse(answer).media if m.kind == "audio")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.2", 0))  # another loopback host
+        for seq in range(20):
+            s.sendto(bytes([0x80, 97]) + seq.to_bytes(2, "big") + bytes(8) + b"\xfc\x00",
+                     ("127.0.0.1", port))
+    time.sleep(0.3)
+    pub = next(s for s in gateway.call(gateway.gw.ctx.sessions.stats) if s["key"] == "live/foreign")
+    assert pub["foreign"] == 20 and pub["packets"] == 0, pub
+
+
+def test_rtp_setup_errors_say_why(gateway: RunningGateway, tmp_path: Path) -> None:
+    url = gateway.http_url("live/bad/rtp/publish")
+    vp8_only = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                "m=video 5004 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n")
+
+    async def run() -> list[tuple[int, str]]:
+        out = []
+        for body, ctype in ((vp8_only, "application/sdp"), ("hello", "application/sdp"),
+                            (vp8_only, "text/plain")):
+            status, text, _ = await _post(url, body, ctype)
+            out.append((status, text))
+        return out
+
+    (s1, t1), (s2, t2), (s3, t3) = asyncio.run(run())
+    assert s1 == 422 and "no codec the gateway takes over RTP" in t1, t1
+    assert s2 == 400 and "bad SDP" in t2, t2
+    assert s3 == 415, t3
+    assert "live/bad" not in gateway.gw.hub.streams
+
+
+def test_rtp_ports_run_out_with_a_503(tmp_path: Path) -> None:
+    config = Config(host="127.0.0.1", rtmp_port=0, http_port=0, rtp_port_min=32000,
+                    rtp_port_max=32003)  # two port pairs: one session of two tracks
+    sdp = _sdp_of("opus", tmp_path)
+    for gateway in _start_gateway(config):
+        first = asyncio.run(_post(gateway.http_url("live/one/rtp/publish"), sdp))
+        second = asyncio.run(_post(gateway.http_url("live/two/rtp/publish"), sdp))
+        assert first[0] == 201, first
+        assert second[0] == 503 and "no free UDP port" in second[1], second
+        assert "live/two" not in gateway.gw.hub.streams  # the refused publisher left no stream
