@@ -21,7 +21,16 @@ from ...wire.rtp import aac as rtp_aac
 from ...wire.rtp import opus as rtp_opus
 from ...wire.rtp.clock import RtpClock
 from ...wire.rtp.h264 import H264Depacketizer
-from ...wire.rtp.packet import RtcpError, RtpError, SenderReport, is_rtcp, parse_rtcp, parse_rtp
+from ...wire.rtp.jitter import JitterBuffer
+from ...wire.rtp.packet import (
+    RtcpError,
+    RtpError,
+    RtpPacket,
+    SenderReport,
+    is_rtcp,
+    parse_rtcp,
+    parse_rtp,
+)
 from ...wire.rtp.payload import RtpPayloadError
 from ...wire.rtp.session import RtpMedia, aac_mode
 from ...wire.sdp import Codec
@@ -53,6 +62,9 @@ class RtpTrack:
         self.errors = 0
         self._last_pts: int | None = None
         self._need_key = True
+        #: puts reordered packets back in order (bounded: 0.2 s, 1024 packets); a gap it gives
+        #: up is seen by the depacketizer as a sequence gap (video waits for a keyframe)
+        self.jitter = JitterBuffer()
         clock.add(self.kind, codec.clock_rate)
         if name == "h264":
             self._h264 = H264Depacketizer()
@@ -82,6 +94,25 @@ class RtpTrack:
         self.track = Track("audio", "aac", asc, sample_rate=info.sample_rate,
                            channels=info.channels or 2)
         return depack
+
+    def receive(self, packet: RtpPacket, arrival: float) -> None:
+        """One RTP packet as it came: through the jitter buffer, then depacketized."""
+        self._release(self.jitter.push(packet, arrival), arrival)
+
+    def poll(self, now: float) -> None:
+        """Release what waited too long for a lost packet (the session calls it on a timer)."""
+        if self.jitter.held:
+            self._release(self.jitter.poll(now), now)
+
+    def _release(self, packets: list[RtpPacket], arrival: float) -> None:
+        for p in packets:
+            try:
+                self.rtp(p.payload, p.marker, p.timestamp, p.sequence_number, arrival)
+            except (RtpPayloadError, h264.H264Error) as e:
+                self.errors += 1
+                if self.errors == 1 or self.errors % 100 == 0:
+                    log.warning("%s: malformed payload dropped (%s; %d so far)", self.label, e,
+                                self.errors)
 
     def rtp(self, payload: bytes, marker: bool, timestamp: int, seq: int, arrival: float) -> None:
         """One RTP packet of this track, in order (``RtpPayloadError`` for a malformed one)."""
@@ -168,11 +199,9 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             if packet.payload_type != self.track.codec.pt:
                 return
             self.on_packet()
-            self.track.rtp(packet.payload, packet.marker, packet.timestamp,
-                           packet.sequence_number, arrival)
-        except (RtpError, RtcpError, RtpPayloadError, h264.H264Error) as e:
+            self.track.receive(packet, arrival)
+        except (RtpError, RtcpError) as e:
             self.malformed += 1
-            self.track.errors += 1
             if self.malformed == 1 or self.malformed % 100 == 0:
                 log.warning("%s: malformed datagram dropped (%s; %d so far)", self.track.label,
                             e, self.malformed)

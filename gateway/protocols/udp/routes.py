@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
@@ -96,7 +97,17 @@ class RtpPublish:
         except TrackError as e:
             self.close(str(e))
             raise Refusal(Code.UNSUPPORTED, str(e)) from None
+        loop.call_later(0.05, self._poll)
         return answer(local, abs(hash(self.id)) % (1 << 31), answered, "recvonly")
+
+    def _poll(self) -> None:
+        """Tracks release what their jitter buffers held too long for a lost packet."""
+        if self.closed:
+            return
+        now = time.monotonic()
+        for t in self.tracks:
+            t.poll(now)
+        asyncio.get_running_loop().call_later(0.05, self._poll)
 
     def _counters(self) -> dict[str, object]:
         return {"bytes_in": self.publisher.stream.bytes_in if self.publisher and
