@@ -156,3 +156,83 @@ def test_rtp_ports_run_out_with_a_503(tmp_path: Path) -> None:
         assert first[0] == 201, first
         assert second[0] == 503 and "no free UDP port" in second[1], second
         assert "live/two" not in gateway.gw.hub.streams  # the refused publisher left no stream
+
+
+def _free_even_port_pair() -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1]) & ~1
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free even UDP port pair")
+
+
+def _play_offer(video_port: int, audio_port: int, audio: list[str]) -> str:
+    """What a receiver offers: where to send, which codecs it takes (no AAC config yet)."""
+    formats = {"aac": ("97", "a=rtpmap:97 MPEG4-GENERIC/48000/2\r\na=fmtp:97 streamtype=5;"
+                              "profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;"
+                              "indexdeltalength=3\r\n"),
+               "opus": ("98", "a=rtpmap:98 opus/48000/2\r\n")}
+    pts = " ".join(formats[a][0] for a in audio)
+    return ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=play\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=video {video_port} RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+            "a=fmtp:96 packetization-mode=1\r\n"
+            f"m=audio {audio_port} RTP/AVP {pts}\r\n" + "".join(formats[a][1] for a in audio))
+
+
+@pytest.mark.parametrize("offer", [["aac", "opus"], ["opus"]])
+def test_rtmp_publisher_is_played_over_rtp_by_the_ffmpeg_cli(
+        gateway: RunningGateway, clips: dict[str, Path], tmp_path: Path, offer: list[str]) -> None:
+    """A client offering AAC (and Opus) gets the RTMP source's AAC as it is, no transcode; a
+    client offering only Opus gets Opus. The receiver SDP from GET opens in the FFmpeg CLI."""
+    from conftest import Publisher
+
+    pub = Publisher(clips["plain"], gateway.rtmp_url("live/rtpplay"))
+    try:
+        gateway.wait_stream("live/rtpplay")
+        vport, aport = _free_even_port_pair(), _free_even_port_pair()
+        status, answer, location = asyncio.run(_post(
+            gateway.http_url("live/rtpplay/rtp/play"), _play_offer(vport, aport, offer)))
+        assert status == 201, answer
+
+        async def get() -> str:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(gateway.http_url(location.lstrip("/"))) as r:
+                    assert r.status == 200
+                    return await r.text()
+
+        receiver = asyncio.run(get())
+        assert receiver == answer
+        sdp = tmp_path / "play.sdp"
+        sdp.write_text(receiver)
+        out = tmp_path / "got.mkv"
+        r = subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-protocol_whitelist",
+                            "file,udp,rtp", "-i", str(sdp), "-t", "3", "-c", "copy", "-y",
+                            str(out)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        got = probe(out)
+        want = "aac" if offer[0] == "aac" else "opus"
+        assert got.codecs == {"video": "h264", "audio": want}, got.codecs
+        assert len(got.video_dts) >= 40, len(got.video_dts)
+        load = gateway.gw.ctx.transcoder.load()
+        if want == "aac":
+            assert load["used"] == 0, load  # the source's AAC as it is
+        else:
+            assert load["used"] > 0, load  # one shared AAC -> Opus variant
+        viewers = [s for s in gateway.call(gateway.gw.ctx.sessions.stats) if s["role"] == "play"]
+        assert viewers and viewers[0]["protocol"] == "udp" and viewers[0]["packets"] > 100
+    finally:
+        pub.stop()
+
+
+def test_rtp_play_to_a_third_host_is_refused(gateway: RunningGateway, clips: dict[str, Path]) -> None:
+    offer = _play_offer(40000, 40002, ["aac"]).replace("IN IP4 127.0.0.1", "IN IP4 192.0.2.7")
+    status, text, _ = asyncio.run(_post(gateway.http_url("live/any/rtp/play"), offer))
+    assert status == 403 and "only to loopback or to the requesting host" in text, text

@@ -219,7 +219,8 @@ class Sessions:
         Waits until the publisher's tracks are known, so the plan is made once from all; the
         returned ``Player`` holds the shared sink (``make_sink`` on first use per ``sink_key``)
         that the protocol attaches its viewer to, and is in the registry until ``stop()``.
-        ``settle``: how long to wait for a just-published stream's first track."""
+        ``settle``: how long to wait for a just-published stream's first track; ``sink_key``
+        may be a function, called once the target is planned."""
         protocol = protocol or (target if isinstance(target, str) else "?")
         source = await self.source(key, protocol, peer, query)
         if not source.settled():  # just published: plan once its tracks are known
@@ -241,6 +242,8 @@ class Sessions:
             raise
         except ValueError as e:
             raise Refusal(Code.UNSUPPORTED, f"cannot plan {key} for {protocol}: {e}") from None
+        if callable(sink_key):  # a key that depends on the plan (made by ``target``)
+            sink_key = sink_key()
         sink = media.sink(sink_key, make_sink)
         player: Player[S] = Player(self._id(), protocol, "play", key, peer, source=source,
                                    media=media, plan=plan, sink=sink, sink_key=sink_key)

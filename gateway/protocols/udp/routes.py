@@ -3,6 +3,10 @@
     POST   /{app}/{stream}/rtp/publish        application/sdp: what the client will send
                                               -> 201, Location, the SDP of where to send it
     DELETE /{app}/{stream}/rtp/publish/{id}   ends the session -> 200
+    POST   /{app}/{stream}/rtp/play           application/sdp: where to send, which codecs
+                                              -> 201, Location, the receiver's SDP
+    GET    /{app}/{stream}/rtp/play/{id}      the receiver's SDP again (for ffplay, VLC)
+    DELETE /{app}/{stream}/rtp/play/{id}      ends the session -> 200
 
 Errors are 4xx/5xx with the reason as text: 415 (not SDP), 400 (bad SDP), 422 (no codec the
 gateway takes), 409 (stream busy), 503 (no UDP port or session left).
@@ -25,6 +29,7 @@ from ...wire.rtp.clock import RtpClock
 from ...wire.rtp.session import RtpDescription, RtpMedia, answer, parse
 from ...wire.sdp import Codec, SdpError
 from .ingest import RtpTrack, TrackError, UdpEndpoint, push_to
+from .play import RtpPlay
 from .ports import PortRange, PortsExhausted
 
 log = logging.getLogger(__name__)
@@ -134,7 +139,7 @@ def _factory(endpoint: UdpEndpoint) -> Callable[[], UdpEndpoint]:
     return lambda: endpoint
 
 
-SESSIONS: web.AppKey[dict[str, RtpPublish]] = web.AppKey("udp_sessions", dict)
+SESSIONS: web.AppKey[dict[str, RtpPublish | RtpPlay]] = web.AppKey("udp_sessions", dict)
 PORTS: web.AppKey[PortRange] = web.AppKey("udp_ports", PortRange)
 
 
@@ -176,10 +181,54 @@ async def publish_post(request: web.Request) -> web.Response:
                         headers={**CORS, "Location": f"{request.path.rstrip('/')}/{session.id}"})
 
 
-async def publish_delete(request: web.Request) -> web.Response:
+async def play_post(request: web.Request) -> web.Response:
+    key = stream_key(request)
+    ctx = request.app[CTX]
+    if request.content_type != SDP:
+        return _error(415, f"Content-Type must be {SDP}, not {request.content_type or 'missing'}")
+    try:
+        desc = parse(await request.text())
+    except (SdpError, UnicodeDecodeError) as e:
+        return _error(400, f"bad SDP: {e}")
+    live = request.app[SESSIONS]
+    if len(live) >= ctx.config.rtp_max_sessions:
+        return _error(503, f"too many RTP sessions ({ctx.config.rtp_max_sessions})")
+    session = RtpPlay(ctx.sessions, key, peer(request), query(request))
+    try:
+        text = await session.start(desc, request.app[PORTS])
+    except Refusal as e:
+        session.close(str(e))
+        raise refused(e) from None
+    live[session.id] = session
+
+    def forget() -> None:
+        live.pop(session.id, None)
+
+    session.on_close = forget
+    log.info("udp %s: playing %s: %s", session.peer, key,
+             ", ".join(f"{k} pt {c.pt} to {m.address}:{m.port}"
+                       for k, (m, c) in session.chosen.items()))
+    return web.Response(status=201, text=text, content_type=SDP,
+                        headers={**CORS, "Location": f"{request.path.rstrip('/')}/{session.id}"})
+
+
+def _session(request: web.Request, kind: type[RtpPublish] | type[RtpPlay]
+             ) -> RtpPublish | RtpPlay:
     session = request.app[SESSIONS].get(request.match_info["id"])
-    if session is None or session.key != stream_key(request):
-        return _error(404, "no such session")
+    if session is None or not isinstance(session, kind) or session.key != stream_key(request):
+        raise web.HTTPNotFound(text="no such session\n", headers=CORS)
+    return session
+
+
+async def play_get(request: web.Request) -> web.Response:
+    session = _session(request, RtpPlay)
+    assert isinstance(session, RtpPlay)
+    return web.Response(text=session.sdp, content_type=SDP, headers=CORS)
+
+
+async def session_delete(request: web.Request) -> web.Response:
+    kind = RtpPublish if request.match_info["role"] == "publish" else RtpPlay
+    session = _session(request, kind)
     session.close("client ended the session")
     request.app[SESSIONS].pop(session.id, None)
     return web.Response(status=200, headers=CORS)
@@ -195,5 +244,7 @@ def add_routes(app: web.Application) -> None:
     app[SESSIONS] = {}
     app[PORTS] = PortRange(config.host, config.rtp_port_min, config.rtp_port_max)
     app.router.add_post("/{app}/{name}/rtp/publish", publish_post)
-    app.router.add_delete("/{app}/{name}/rtp/publish/{id}", publish_delete)
+    app.router.add_post("/{app}/{name}/rtp/play", play_post)
+    app.router.add_get("/{app}/{name}/rtp/play/{id}", play_get)
+    app.router.add_delete("/{app}/{name}/rtp/{role:publish|play}/{id}", session_delete)
     app.on_shutdown.append(_close_all)

@@ -11,24 +11,28 @@ from ..sdp import MAX_SDP, Codec, SdpError, parse_codecs
 __all__ = ["RtpDescription", "RtpMedia", "aac_mode", "answer", "gateway_codec", "parse"]
 
 
-def aac_mode(codec: Codec) -> str:
-    """``"hbr"`` (RFC 3640 AAC-hbr), ``"latm"`` (RFC 6416, in-band config off) or ``""``."""
-    if codec.name == "mpeg4-generic" and codec.fmtp.get("mode", "").lower() == "aac-hbr":
-        if codec.fmtp.get("sizelength", "13") == "13" and codec.fmtp.get("config"):
+def aac_mode(codec: Codec, play: bool = False) -> str:
+    """``"hbr"`` (RFC 3640 AAC-hbr), ``"latm"`` (RFC 6416, in-band config off) or ``""``. A
+    publisher's SDP must carry the ``config``; a player's offer cannot know it yet (``play``)."""
+    has_config = play or bool(codec.fmtp.get("config"))
+    if codec.name == "mpeg4-generic" and (play or codec.fmtp.get("mode", "").lower() == "aac-hbr"):
+        if codec.fmtp.get("sizelength", "13") == "13" and has_config:
             return "hbr"
-    if codec.name == "mp4a-latm" and codec.fmtp.get("cpresent", "1") == "0" \
-            and codec.fmtp.get("config"):
+    if codec.name == "mp4a-latm" and codec.fmtp.get("cpresent", "0" if play else "1") == "0" \
+            and has_config:
         return "latm"
     return ""
 
 
-def gateway_codec(codec: Codec) -> str | None:
-    """The gateway's codec name of a payload type it can take over plain RTP, else None."""
-    if codec.name == "h264" and codec.fmtp.get("packetization-mode", "0") in ("0", "1"):
+def gateway_codec(codec: Codec, play: bool = False) -> str | None:
+    """The gateway's codec name of a payload type it can take (or, ``play``, send) over plain
+    RTP, else None."""
+    if codec.name == "h264" and codec.fmtp.get("packetization-mode", "1" if play else "0") in (
+            ("1",) if play else ("0", "1")):
         return "h264"
     if codec.name == "opus" and codec.clock_rate == 48000:
         return "opus"
-    if aac_mode(codec):
+    if aac_mode(codec, play):
         return "aac"
     return None
 
@@ -44,11 +48,12 @@ class RtpMedia:
     rtcp_mux: bool
     codecs: list[Codec]
 
-    def usable(self) -> list[tuple[Codec, str]]:
-        """Payload types the gateway takes, with its codec name, in the description's order."""
+    def usable(self, play: bool = False) -> list[tuple[Codec, str]]:
+        """Payload types the gateway takes (or, ``play``, sends), with its codec name, in the
+        description's order."""
         out = []
         for c in self.codecs:
-            name = gateway_codec(c)
+            name = gateway_codec(c, play)
             if name is not None:
                 out.append((c, name))
         return out
