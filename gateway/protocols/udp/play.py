@@ -138,7 +138,8 @@ class RtpPlay:
         family = "IP6" if ":" in host else "IP4"
         out = ["v=0", f"o=- {abs(hash(self.id)) % (1 << 31)} 1 IN {family} {host}",
                f"s={self.key}", f"c=IN {family} {host}", "t=0 0"]
-        for kind, (m, codec) in self.chosen.items():
+        order = {"video": 0, "audio": 1}
+        for kind, (m, codec) in sorted(self.chosen.items(), key=lambda kv: order.get(kv[0], 2)):
             track = media.tracks.get(kind)
             out.append(f"m={kind} {m.port} RTP/AVP {codec.pt}")
             out += _codec_lines(codec, track, self._planned(media, kind))
