@@ -19,6 +19,7 @@ from .protocols.h5 import routes as h5_routes
 from .protocols.rtmp import routes as rtmp_routes
 from .protocols.rtmp import server as rtmp
 from .protocols.udp import routes as udp_routes
+from .protocols.udp.static import StaticInputs
 from .protocols.webrtc import routes as webrtc_routes
 from .transcode.transcoder import Transcoder
 from .web import app as http
@@ -37,9 +38,11 @@ class Gateway:
     http_runner: web.AppRunner
     rtmp_port: int
     http_port: int
+    udp_inputs: StaticInputs
 
     async def close(self) -> None:
         self.rtmp_server.close()
+        self.udp_inputs.close()
         self.hub.close()
         await self.http_runner.cleanup()
         await self.rtmp_server.wait_closed()
@@ -62,6 +65,11 @@ async def start(config: Config, *, authorize: Authorize | None = None,
                         authorize=authorize, on_missing=on_missing)
     ctx = Context(config, hub, matrix, transcoder, sessions)
     rtmp_server = await rtmp.serve(ctx)
+    try:
+        udp_inputs = await StaticInputs.start(config, sessions)
+    except BaseException:
+        rtmp_server.close()
+        raise
     app = http.make_app(ctx, [rtmp_routes.add_routes, h5_routes.add_routes,
                               webrtc_routes.add_routes, udp_routes.add_routes])
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -72,7 +80,7 @@ async def start(config: Config, *, authorize: Authorize | None = None,
     http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     log.info("gateway listening: rtmp=%s:%d http=%s:%d", config.host, rtmp_port, config.host,
              http_port)
-    return Gateway(config, hub, ctx, rtmp_server, runner, rtmp_port, http_port)
+    return Gateway(config, hub, ctx, rtmp_server, runner, rtmp_port, http_port, udp_inputs)
 
 
 async def run(config: Config) -> None:

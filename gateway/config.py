@@ -60,6 +60,11 @@ class Config:
     rtp_port_min: int = 30000
     rtp_port_max: int = 30999
     rtp_max_sessions: int = 200
+    # Static ingest for devices that cannot do HTTP set-up (README, "RTP"): RTP described by
+    # an inline SDP whose m= ports are the gateway's, ``[{port, key, sdp}]`` (``port``: the
+    # first m= port, for the error messages), and MPEG-TS over UDP, ``[{port, key}]``.
+    rtp_inputs: list[dict[str, Any]] = field(default_factory=list)
+    mpegts_inputs: list[dict[str, Any]] = field(default_factory=list)
 
     def effective_transcode_capacity(self) -> float:
         if self.transcode_capacity >= 0:

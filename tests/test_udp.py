@@ -236,3 +236,65 @@ def test_rtp_play_to_a_third_host_is_refused(gateway: RunningGateway, clips: dic
     offer = _play_offer(40000, 40002, ["aac"]).replace("IN IP4 127.0.0.1", "IN IP4 192.0.2.7")
     status, text, _ = asyncio.run(_post(gateway.http_url("live/any/rtp/play"), offer))
     assert status == 403 and "only to loopback or to the requesting host" in text, text
+
+
+def test_static_mpegts_over_udp_input(clips: dict[str, Path], tmp_path: Path) -> None:
+    """``mpegts_inputs``: what hardware encoders send (``-f mpegts udp://HOST:PORT``); the
+    stream starts with the first datagram."""
+    port = _free_even_port_pair()
+    config = Config(host="127.0.0.1", rtmp_port=0, http_port=0,
+                    mpegts_inputs=[{"port": port, "key": "live/tsudp"}])
+    for gateway in _start_gateway(config):
+        pub = subprocess.Popen([FFMPEG, "-hide_banner", "-v", "error", "-re", "-stream_loop",
+                                "-1", "-i", str(clips["plain"]), "-c", "copy", "-f", "mpegts",
+                                f"udp://127.0.0.1:{port}?pkt_size=1316"],
+                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            gateway.wait_stream("live/tsudp")
+            out = tmp_path / "ts.flv"
+            r = capture(gateway.http_url("live/tsudp.flv"), out, 2.0)
+            assert r.returncode == 0, r.stderr
+            assert probe(out).codecs == {"video": "h264", "audio": "aac"}
+            assert gateway.gw.hub.streams["live/tsudp"].info.protocol == "udp"
+        finally:
+            pub.terminate()
+            pub.wait(10)
+
+
+def test_static_rtp_input_from_an_inline_sdp(tmp_path: Path) -> None:
+    """``rtp_inputs``: a device that sends RTP without HTTP set-up, described by an SDP whose
+    ports are the gateway's."""
+    vport, aport = _free_even_port_pair(), _free_even_port_pair()
+    sdp = _sdp_of("aac", tmp_path)
+    lines = []
+    for line in sdp.splitlines():
+        if line.startswith("m=video"):
+            line = f"m=video {vport} " + line.split(" ", 2)[2]
+        elif line.startswith("m=audio"):
+            line = f"m=audio {aport} " + line.split(" ", 2)[2]
+        lines.append(line)
+    config = Config(host="127.0.0.1", rtmp_port=0, http_port=0,
+                    rtp_inputs=[{"port": vport, "key": "live/static", "sdp": "\n".join(lines)}])
+    for gateway in _start_gateway(config):
+        pub = subprocess.Popen(_ffmpeg_rtp(vport, aport, "aac", 10), stdin=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+        try:
+            gateway.wait_stream("live/static")
+            out = tmp_path / "static.flv"
+            r = capture(gateway.http_url("live/static.flv"), out, 2.0)
+            assert r.returncode == 0, r.stderr
+            assert probe(out).codecs == {"video": "h264", "audio": "aac"}
+        finally:
+            pub.terminate()
+            pub.wait(10)
+
+
+def test_a_bad_static_input_is_a_config_error() -> None:
+    from gateway import app as app_mod
+    from gateway.config import ConfigError
+
+    config = Config(host="127.0.0.1", rtmp_port=0, http_port=0,
+                    rtp_inputs=[{"port": 5004, "key": "live/x", "sdp": "v=0\nm=video 5004 RTP/AVP 96\n"
+                                 "a=rtpmap:96 VP8/90000\n"}])
+    with pytest.raises(ConfigError, match=r"rtp_inputs\[0\].sdp: no codec the gateway takes"):
+        asyncio.run(app_mod.start(config))
