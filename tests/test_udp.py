@@ -298,3 +298,87 @@ def test_a_bad_static_input_is_a_config_error() -> None:
                                  "a=rtpmap:96 VP8/90000\n"}])
     with pytest.raises(ConfigError, match=r"rtp_inputs\[0\].sdp: no codec the gateway takes"):
         asyncio.run(app_mod.start(config))
+
+
+class _LossyRelay:
+    """A test-side UDP relay (publisher -> gateway) that drops and reorders RTP packets."""
+
+    def __init__(self, targets: dict[int, int], drop: float, reorder: float,
+                 seed: int = 7) -> None:
+        import random
+        import threading
+
+        self.rng = random.Random(seed)
+        self.drop, self.reorder = drop, reorder
+        self.socks: dict[socket.socket, int] = {}
+        self.ports: dict[int, int] = {}  # gateway port -> relay port
+        for target in targets:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(0.05)
+            self.socks[s] = target
+            self.ports[target] = s.getsockname()[1]
+        self.dropped = self.reordered = self.sent = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(s, t), daemon=True)
+                         for s, t in self.socks.items()]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, sock: socket.socket, target: int) -> None:
+        held: bytes | None = None
+        while not self._stop.is_set():
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if data[1] < 192 or data[1] > 223:  # RTP (RTCP passes as it is)
+                if self.rng.random() < self.drop:
+                    self.dropped += 1
+                    continue
+                if held is None and self.rng.random() < self.reorder:
+                    held = data  # sent after the next packet
+                    self.reordered += 1
+                    continue
+            sock.sendto(data, ("127.0.0.1", target))
+            self.sent += 1
+            if held is not None:
+                sock.sendto(held, ("127.0.0.1", target))
+                held = None
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(2)
+        for s in self.socks:
+            s.close()
+
+
+def test_rtp_publish_survives_loss_and_reordering(gateway: RunningGateway, tmp_path: Path) -> None:
+    """1% of the RTP packets lost, 5% reordered, on the way from the FFmpeg CLI: the stream
+    stays up, what reaches viewers decodes without an error (a picture after a loss waits for
+    the next keyframe), and the reordered packets were put back in order."""
+    status, answer, _ = asyncio.run(
+        _post(gateway.http_url("live/lossy/rtp/publish"), _sdp_of("aac", tmp_path)))
+    assert status == 201, answer
+    ports = {m.kind: m.port for m in rtp_sdp.parse(answer).media}
+    relay = _LossyRelay({p: 0 for p in (ports["video"], ports["audio"])}, drop=0.01,
+                        reorder=0.05)
+    pub = subprocess.Popen(_ffmpeg_rtp(relay.ports[ports["video"]], relay.ports[ports["audio"]],
+                                       "aac", 12), stdin=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    try:
+        gateway.wait_stream("live/lossy")
+        out = tmp_path / "lossy.flv"
+        r = capture(gateway.http_url("live/lossy.flv"), out, 5.0)
+        assert r.returncode == 0, r.stderr
+        got = probe(out)
+        assert got.codecs == {"video": "h264", "audio": "aac"}
+        assert not got.decode_errors, got.decode_errors
+        assert len(got.video_dts) >= 25, len(got.video_dts)  # at least a GOP a few times over
+        assert relay.dropped > 0 and relay.reordered > 0, (relay.dropped, relay.reordered)
+        assert "live/lossy" in gateway.gw.hub.streams
+    finally:
+        pub.terminate()
+        pub.wait(10)
+        relay.close()
