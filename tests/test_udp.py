@@ -382,3 +382,42 @@ def test_rtp_publish_survives_loss_and_reordering(gateway: RunningGateway, tmp_p
         pub.terminate()
         pub.wait(10)
         relay.close()
+
+
+def test_a_lost_video_packet_asks_the_publisher_for_a_keyframe(gateway: RunningGateway,
+                                                               tmp_path: Path) -> None:
+    """A publisher whose SDP takes feedback (``a=rtcp-fb ... pli``) gets an RTCP PLI at its
+    RTCP address when a video packet is lost (RFC 4585)."""
+    from gateway.codecs import h264 as h264_codec
+    from gateway.wire.rtp.packet import Pli, RtpPacket, SenderReport, compound, parse_rtcp
+
+    raw = tmp_path / "x.h264"
+    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=64x64:rate=10", "-frames:v", "3", "-c:v", "libx264", "-bf",
+                    "0", "-f", "h264", str(raw)], check=True, timeout=30)
+    nals = h264_codec.split_annexb(raw.read_bytes())
+    by_type: dict[int, list[bytes]] = {}
+    for n in nals:
+        by_type.setdefault(h264_codec.nal_type(n), []).append(n)
+    sdp = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           "m=video 5004 RTP/AVPF 96\r\na=rtpmap:96 H264/90000\r\n"
+           "a=fmtp:96 packetization-mode=1\r\na=rtcp-fb:96 nack pli\r\n")
+    status, answer, _ = asyncio.run(_post(gateway.http_url("live/pli/rtp/publish"), sdp))
+    assert status == 201, answer
+    port = rtp_sdp.parse(answer).media[0].port
+    ssrc = 0x1234
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtcp:
+        rtp.bind(("127.0.0.1", 0))
+        rtcp.bind(("127.0.0.1", 0))
+        rtcp.settimeout(3)
+        rtcp.sendto(compound(SenderReport(ssrc, 1 << 32, 0)), ("127.0.0.1", port + 1))
+        units = [(1, by_type[7][0], False, 0), (2, by_type[8][0], False, 0),
+                 (3, by_type[5][0], True, 0), (5, by_type[1][0], True, 9000)]  # 4 is lost
+        for seq, nal, marker, ts in units:
+            rtp.sendto(RtpPacket(96, seq, ts, ssrc, nal, marker).serialize(),
+                       ("127.0.0.1", port))
+        got = parse_rtcp(rtcp.recv(2048))
+    assert [type(p) for p in got] == [Pli] and got[0].media_ssrc == ssrc, got
+    pub = next(s for s in gateway.call(gateway.gw.ctx.sessions.stats) if s["key"] == "live/pli")
+    assert pub["plis"] == 1, pub

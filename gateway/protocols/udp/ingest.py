@@ -23,10 +23,12 @@ from ...wire.rtp.clock import RtpClock
 from ...wire.rtp.h264 import H264Depacketizer
 from ...wire.rtp.jitter import JitterBuffer
 from ...wire.rtp.packet import (
+    Pli,
     RtcpError,
     RtpError,
     RtpPacket,
     SenderReport,
+    compound,
     is_rtcp,
     parse_rtcp,
     parse_rtp,
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 __all__ = ["RtpTrack", "TrackError", "UdpEndpoint"]
 
 
+PLI_SSRC = 0x6D677731  # the gateway's SSRC in the feedback it sends a publisher
+
+
 class TrackError(ValueError):
     """A payload type's parameters the gateway cannot use (the SDP's fault): the reason."""
 
@@ -50,6 +55,7 @@ class RtpTrack:
     def __init__(self, media: RtpMedia, codec: Codec, name: str, clock: RtpClock,
                  deliver: Callable[[Frame], None], label: str) -> None:
         self.kind = media.kind
+        self.feedback = media.feedback
         self.codec = codec
         self.name = name
         self.clock = clock
@@ -65,6 +71,11 @@ class RtpTrack:
         #: puts reordered packets back in order (bounded: 0.2 s, 1024 packets); a gap it gives
         #: up is seen by the depacketizer as a sequence gap (video waits for a keyframe)
         self.jitter = JitterBuffer()
+        #: where the publisher's RTCP comes from, and the socket that got it: PLIs go back there
+        self.rtcp_to: tuple[asyncio.DatagramTransport, tuple[str | bytes, int]] | None = None
+        self.ssrc = 0  # the publisher's, for feedback
+        self.plis = 0
+        self._last_pli = 0.0
         clock.add(self.kind, codec.clock_rate)
         if name == "h264":
             self._h264 = H264Depacketizer()
@@ -97,7 +108,22 @@ class RtpTrack:
 
     def receive(self, packet: RtpPacket, arrival: float) -> None:
         """One RTP packet as it came: through the jitter buffer, then depacketized."""
+        self.ssrc = packet.ssrc
         self._release(self.jitter.push(packet, arrival), arrival)
+
+    def request_keyframe(self) -> bool:
+        """PLI to the publisher (RFC 4585), at most every 0.5 s; False when it takes no
+        feedback or its RTCP address is not known yet."""
+        if not self.feedback or self.rtcp_to is None or self.kind != "video":
+            return False
+        now = time.monotonic()
+        if now - self._last_pli >= 0.5:
+            self._last_pli = now
+            transport, addr = self.rtcp_to
+            if not transport.is_closing():
+                transport.sendto(compound(Pli(PLI_SSRC, self.ssrc)), addr)
+                self.plis += 1
+        return True
 
     def poll(self, now: float) -> None:
         """Release what waited too long for a lost packet (the session calls it on a timer)."""
@@ -130,6 +156,7 @@ class RtpTrack:
                arrival: float) -> None:
         if damaged:
             self._need_key = True
+            self.request_keyframe()
             return
         types = [h264.nal_type(n) for n in nals]
         sps = [n for n, t in zip(nals, types, strict=True) if t == h264.NAL_SPS]
@@ -189,6 +216,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         arrival = time.monotonic()
         try:
             if is_rtcp(data):
+                if self.transport is not None:
+                    self.track.rtcp_to = (self.transport, addr)
                 for p in parse_rtcp(data):
                     if isinstance(p, SenderReport):
                         self.track.clock.sender_report(self.track.kind, p.ntp_time, p.rtp_time)

@@ -102,6 +102,9 @@ class RtpPublish:
         except TrackError as e:
             self.close(str(e))
             raise Refusal(Code.UNSUPPORTED, str(e)) from None
+        video = next((t for t in self.tracks if t.kind == "video"), None)
+        if video is not None and video.feedback:
+            stream.keyframe_hook = video.request_keyframe  # a viewer's PLI reaches the publisher
         loop.call_later(0.05, self._poll)
         return answer(local, abs(hash(self.id)) % (1 << 31), answered, "recvonly")
 
@@ -118,6 +121,7 @@ class RtpPublish:
         return {"bytes_in": self.publisher.stream.bytes_in if self.publisher and
                 self.publisher.stream else 0,
                 "packets": sum(t.packets for t in self.tracks),
+                "plis": sum(t.plis for t in self.tracks),
                 "foreign": sum(e.foreign for e in self.endpoints),
                 "malformed": sum(e.malformed for e in self.endpoints)}
 

@@ -47,6 +47,9 @@ class RtpMedia:
     rtcp_port: int
     rtcp_mux: bool
     codecs: list[Codec]
+    #: the sender takes RTCP feedback (RTP/AVPF, or ``a=rtcp-fb`` with PLI): worth asking it for
+    #: a keyframe after a loss (RFC 4585)
+    feedback: bool = False
 
     def usable(self, play: bool = False) -> list[tuple[Codec, str]]:
         """Payload types the gateway takes (or, ``play``, sends), with its codec name, in the
@@ -124,8 +127,10 @@ def parse(text: str) -> RtpDescription:
                 if not value.isdigit() or not 0 < int(value) <= 65535:
                     raise SdpError(f"{kind}: malformed {a[:40]!r}")
                 rtcp_port = int(value)
+        feedback = parts[2] == "RTP/AVPF" or any(
+            a.startswith("a=rtcp-fb:") and " pli" in a.lower() for a in attrs)
         media.append(RtpMedia(kind, address, port, rtcp_port, rtcp_mux,
-                              parse_codecs(parts[3:], attrs)))
+                              parse_codecs(parts[3:], attrs), feedback))
     if not media:
         raise SdpError("SDP has neither an audio nor a video m-section")
     return RtpDescription(text, media)
