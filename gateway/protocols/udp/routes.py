@@ -147,22 +147,27 @@ SESSIONS: web.AppKey[dict[str, RtpPublish | RtpPlay]] = web.AppKey("udp_sessions
 PORTS: web.AppKey[PortRange] = web.AppKey("udp_ports", PortRange)
 
 
-def _error(status: int, reason: str) -> web.Response:
-    return web.Response(status=status, text=reason.rstrip() + "\n", headers=CORS)
+async def _description(request: web.Request) -> RtpDescription:
+    """The client's SDP, if a new session may start: 415, 400 or 503 with the reason if not."""
+    if request.content_type != SDP:
+        raise web.HTTPUnsupportedMediaType(
+            text=f"Content-Type must be {SDP}, not {request.content_type or 'missing'}\n",
+            headers=CORS)
+    try:
+        desc = parse(await request.text())
+    except (SdpError, UnicodeDecodeError) as e:
+        raise web.HTTPBadRequest(text=f"bad SDP: {e}\n", headers=CORS) from None
+    limit = request.app[CTX].config.rtp_max_sessions
+    if len(request.app[SESSIONS]) >= limit:
+        raise web.HTTPServiceUnavailable(text=f"too many RTP sessions ({limit})\n", headers=CORS)
+    return desc
 
 
 async def publish_post(request: web.Request) -> web.Response:
     key = stream_key(request)
     ctx = request.app[CTX]
-    if request.content_type != SDP:
-        return _error(415, f"Content-Type must be {SDP}, not {request.content_type or 'missing'}")
-    try:
-        desc = parse(await request.text())
-    except (SdpError, UnicodeDecodeError) as e:
-        return _error(400, f"bad SDP: {e}")
+    desc = await _description(request)
     live = request.app[SESSIONS]
-    if len(live) >= ctx.config.rtp_max_sessions:
-        return _error(503, f"too many RTP sessions ({ctx.config.rtp_max_sessions})")
     session = RtpPublish(ctx.sessions, key, peer(request), query(request))
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     local = sockname[0] if sockname else "127.0.0.1"
@@ -188,15 +193,8 @@ async def publish_post(request: web.Request) -> web.Response:
 async def play_post(request: web.Request) -> web.Response:
     key = stream_key(request)
     ctx = request.app[CTX]
-    if request.content_type != SDP:
-        return _error(415, f"Content-Type must be {SDP}, not {request.content_type or 'missing'}")
-    try:
-        desc = parse(await request.text())
-    except (SdpError, UnicodeDecodeError) as e:
-        return _error(400, f"bad SDP: {e}")
+    desc = await _description(request)
     live = request.app[SESSIONS]
-    if len(live) >= ctx.config.rtp_max_sessions:
-        return _error(503, f"too many RTP sessions ({ctx.config.rtp_max_sessions})")
     session = RtpPlay(ctx.sessions, key, peer(request), query(request))
     try:
         text = await session.start(desc, request.app[PORTS])
