@@ -121,9 +121,16 @@ def test_rtp_from_another_host_is_dropped_and_counted(gateway: RunningGateway,
         for seq in range(20):
             s.sendto(bytes([0x80, 97]) + seq.to_bytes(2, "big") + bytes(8) + b"\xfc\x00",
                      ("127.0.0.1", port))
+    # garbage from the publisher's own host: dropped and counted, the session goes on
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as own:
+        own.bind(("127.0.0.1", 0))
+        for junk in (b"", b"\x00", b"\x80", bytes(range(40)), b"\xff" * 1500, b"\x81\xc9"):
+            own.sendto(junk, ("127.0.0.1", port))
     time.sleep(0.3)
     pub = next(s for s in gateway.call(gateway.gw.ctx.sessions.stats) if s["key"] == "live/foreign")
     assert pub["foreign"] == 20 and pub["packets"] == 0, pub
+    assert pub["malformed"] >= 4, pub
+    assert "live/foreign" in gateway.gw.hub.streams
 
 
 def test_rtp_setup_errors_say_why(gateway: RunningGateway, tmp_path: Path) -> None:
@@ -421,3 +428,87 @@ def test_a_lost_video_packet_asks_the_publisher_for_a_keyframe(gateway: RunningG
     assert [type(p) for p in got] == [Pli] and got[0].media_ssrc == ssrc, got
     pub = next(s for s in gateway.call(gateway.gw.ctx.sessions.stats) if s["key"] == "live/pli")
     assert pub["plis"] == 1, pub
+
+
+def test_rtp_publisher_is_watched_with_whep_and_jsmpeg(gateway: RunningGateway,
+                                                       tmp_path: Path) -> None:
+    """H.264 + Opus over RTP: a WHEP viewer (aiortc, decoding) gets both as they are, a jsmpeg
+    viewer gets its MPEG-1 + MP2 variant."""
+    import av
+    from test_whip_whep import first_frames
+
+    from gateway.testing import WhepClient
+
+    from flvcheck import ws_collect
+
+    status, answer, _ = asyncio.run(
+        _post(gateway.http_url("live/rtpweb/rtp/publish"), _sdp_of("opus", tmp_path)))
+    assert status == 201, answer
+    ports = {m.kind: m.port for m in rtp_sdp.parse(answer).media}
+    pub = subprocess.Popen(_ffmpeg_rtp(ports["video"], ports["audio"], "opus", 15),
+                           stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        gateway.wait_stream("live/rtpweb")
+
+        async def whep() -> dict[str, list]:
+            client = WhepClient(gateway.http_url("live/rtpweb/whep"))
+            try:
+                await client.start()
+                assert "H264" in client.answer and "opus" in client.answer, client.answer
+                return await first_frames(client, n=10, timeout=15)
+            finally:
+                await client.close()
+
+        frames = asyncio.run(whep())
+        assert len(frames["video"]) == 10 and len(frames["audio"]) == 10
+        data = asyncio.run(ws_collect(gateway.ws_url("live/rtpweb.jsmpeg"), 3.0))
+        import io
+
+        with av.open(io.BytesIO(data), format="mpegts") as c:
+            codecs = {s.type: s.codec_context.name for s in c.streams}
+            pictures = sum(1 for _ in c.decode(video=0))
+        assert codecs == {"video": "mpeg1video", "audio": "mp2"}, codecs
+        assert pictures >= 25, pictures
+    finally:
+        pub.terminate()
+        pub.wait(10)
+
+
+def test_the_gateway_answers_a_viewers_nack(gateway: RunningGateway,
+                                            clips: dict[str, Path]) -> None:
+    """An RTP viewer that misses packets asks for them with an RTCP NACK (RFC 4585) and gets
+    them again from the gateway's short history."""
+    from gateway.wire.rtp.packet import Nack, compound, parse_rtp
+
+    from conftest import Publisher
+
+    pub = Publisher(clips["plain"], gateway.rtmp_url("live/nack"))
+    try:
+        gateway.wait_stream("live/nack")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as video, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as audio:
+            video.bind(("127.0.0.1", 0))
+            audio.bind(("127.0.0.1", 0))
+            video.settimeout(2)
+            offer = _play_offer(video.getsockname()[1], audio.getsockname()[1], ["aac"])
+            status, answer, _ = asyncio.run(_post(gateway.http_url("live/nack/rtp/play"), offer))
+            assert status == 201, answer
+            seen: dict[int, int] = {}
+            asked: list[int] = []
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                data, source = video.recvfrom(65536)
+                p = parse_rtp(data)
+                seen[p.sequence_number] = seen.get(p.sequence_number, 0) + 1
+                if len(seen) % 50 == 0 and seen[p.sequence_number] == 1:
+                    # "lose" this one: ask for it again
+                    asked.append(p.sequence_number)
+                    video.sendto(compound(Nack(0x42, p.ssrc, [p.sequence_number])), source)
+        assert asked, "no packet to ask for"
+        again = [s for s in asked if seen.get(s, 0) >= 2]
+        assert again == asked, (asked, {s: seen.get(s) for s in asked})
+        viewer = next(s for s in gateway.call(gateway.gw.ctx.sessions.stats)
+                      if s["role"] == "play" and s["key"] == "live/nack")
+        assert viewer["resent"] >= len(asked) and viewer["nacks"] >= len(asked), viewer
+    finally:
+        pub.stop()
