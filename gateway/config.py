@@ -60,6 +60,7 @@ class Config:
     rtp_port_min: int = 30000
     rtp_port_max: int = 30999
     rtp_max_sessions: int = 200
+    rtp_mtu: int = 1200  # largest RTP payload sent (H.264 is cut into FU-A fragments to fit)
     # Static ingest for devices that cannot do HTTP set-up (README, "RTP"): RTP described by
     # an inline SDP whose m= ports are the gateway's, ``[{port, key, sdp}]`` (``port``: the
     # first m= port, for the error messages), and MPEG-TS over UDP, ``[{port, key}]``.

@@ -512,3 +512,83 @@ def test_the_gateway_answers_a_viewers_nack(gateway: RunningGateway,
         assert viewer["resent"] >= len(asked) and viewer["nacks"] >= len(asked), viewer
     finally:
         pub.stop()
+
+
+def test_a_viewers_pli_is_answered_from_the_gop_cache(gateway: RunningGateway,
+                                                      clips: dict[str, Path]) -> None:
+    """An RTMP publisher cannot make a keyframe on request: a viewer's PLI is answered with the
+    cached GOP (its keyframe first, SPS/PPS in a STAP-A) at once, not at the next keyframe."""
+    from gateway.wire.rtp.packet import Pli, compound, parse_rtp
+
+    from conftest import Publisher
+
+    def stap_a(payload: bytes) -> bool:
+        return bool(payload) and payload[0] & 0x1F == 24
+
+    pub = Publisher(clips["plain"], gateway.rtmp_url("live/pligop"))  # a keyframe each second
+    try:
+        gateway.wait_stream("live/pligop")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as video, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as audio:
+            video.bind(("127.0.0.1", 0))
+            audio.bind(("127.0.0.1", 0))
+            video.settimeout(2)
+            offer = _play_offer(video.getsockname()[1], audio.getsockname()[1], ["aac"])
+            status, answer, _ = asyncio.run(_post(gateway.http_url("live/pligop/rtp/play"), offer))
+            assert status == 201, answer
+            keyframes = 0
+            answered_in = None
+            asked_at = 0.0
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline and answered_in is None:
+                data, source = video.recvfrom(65536)
+                p = parse_rtp(data)
+                if not stap_a(p.payload):
+                    continue
+                keyframes += 1
+                if asked_at:
+                    answered_in = time.monotonic() - asked_at
+                elif keyframes == 2:  # right after a keyframe: the next one is ~1 s away
+                    asked_at = time.monotonic()
+                    video.sendto(compound(Pli(0x42, p.ssrc)), source)
+        assert answered_in is not None and answered_in < 0.3, answered_in
+        viewer = next(s for s in gateway.call(gateway.gw.ctx.sessions.stats)
+                      if s["role"] == "play" and s["key"] == "live/pligop")
+        assert viewer["plis"] == 1, viewer
+    finally:
+        pub.stop()
+
+
+def test_sps_and_pps_from_the_sdp(gateway: RunningGateway, tmp_path: Path) -> None:
+    """A publisher that sends SPS/PPS only in its SDP (``sprop-parameter-sets``), never in
+    band: its video is known from the SDP and its first IDR goes out."""
+    from gateway.codecs import h264 as h264_codec
+    from gateway.wire.rtp.h264 import format_sprop_parameter_sets
+    from gateway.wire.rtp.packet import RtpPacket
+
+    raw = tmp_path / "x.h264"
+    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=64x64:rate=10", "-frames:v", "3", "-c:v", "libx264", "-bf",
+                    "0", "-f", "h264", str(raw)], check=True, timeout=30)
+    by_type: dict[int, list[bytes]] = {}
+    for n in h264_codec.split_annexb(raw.read_bytes()):
+        by_type.setdefault(h264_codec.nal_type(n), []).append(n)
+    sprop = format_sprop_parameter_sets([by_type[7][0], by_type[8][0]])
+    sdp = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           "m=video 5004 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+           f"a=fmtp:96 packetization-mode=1;sprop-parameter-sets={sprop}\r\n")
+    status, answer, _ = asyncio.run(_post(gateway.http_url("live/sprop/rtp/publish"), sdp))
+    assert status == 201, answer
+    port = rtp_sdp.parse(answer).media[0].port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rtp:
+        rtp.sendto(RtpPacket(96, 1, 0, 7, by_type[5][0], True).serialize(), ("127.0.0.1", port))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        stream = gateway.gw.hub.streams.get("live/sprop")
+        if stream is not None and stream.gop:
+            break
+        time.sleep(0.02)
+    stream = gateway.gw.hub.streams["live/sprop"]
+    assert stream.tracks["video"].codec == "h264" and (stream.tracks["video"].width,
+                                                       stream.tracks["video"].height) == (64, 64)
+    assert stream.gop and stream.gop[0].keyframe

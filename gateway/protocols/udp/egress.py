@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RtcpIn", "RtpOutput", "RtpViewer", "ViewerTrack", "clock_rate"]
 
-MTU = 1200
+MTU = 1200  # default payload size; ``Config.rtp_mtu``
 HISTORY = 512  # packets kept per viewer track to answer NACKs (~2.5 s of 2 Mbit/s video)
 SOFT_LIMIT = 1 << 20  # bytes queued in a viewer's socket before it drops to the next keyframe
 SR_INTERVAL = 1.0
@@ -62,7 +62,7 @@ class ViewerTrack(asyncio.DatagramProtocol):
     """One kind sent to one viewer: its socket, destination, header fields and history."""
 
     def __init__(self, kind: str, pt: int, dest: tuple[str, int], rtcp_dest: tuple[str, int],
-                 rate: int, label: str, on_pli: Callable[[], object]) -> None:
+                 rate: int, label: str, on_pli: Callable[[ViewerTrack], object]) -> None:
         self.kind = kind
         self.pt = pt
         self.dest = dest
@@ -84,7 +84,9 @@ class ViewerTrack(asyncio.DatagramProtocol):
         self.resent = 0
         self.plis = 0
         self._last_ts = 0
+        self._last_raw = 0  # the shared timestamp (before this viewer's offset) last sent
         self._last_at = 0.0
+        self._last_pli = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -104,7 +106,7 @@ class ViewerTrack(asyncio.DatagramProtocol):
         for p in payloads:
             ts = (p.timestamp + self.ts_offset) & 0xFFFFFFFF
             packet = rtp_header(p.marker, self.pt, self.seq, ts, self.ssrc) + p.payload
-            t.sendto(packet, self.dest)
+            self.transmit(packet)
             self.history[self.seq] = packet
             if len(self.history) > HISTORY:
                 self.history.popitem(last=False)
@@ -112,7 +114,14 @@ class ViewerTrack(asyncio.DatagramProtocol):
             self.packets += 1
             self.octets += len(p.payload)
             self._last_ts = ts
+            self._last_raw = p.timestamp
         self._last_at = time.monotonic()
+
+    def transmit(self, packet: bytes) -> None:
+        """Put one packet on the wire: the only per-viewer step after the header. A WebRTC
+        viewer of this egress would protect it (SRTP) and send it on its ICE pair here."""
+        assert self.transport is not None
+        self.transport.sendto(packet, self.dest)
 
     def sender_report(self) -> None:
         """RTP time <-> wall clock for the receiver's A/V sync (RFC 3550 6.4.1)."""
@@ -141,7 +150,10 @@ class ViewerTrack(asyncio.DatagramProtocol):
                         self.resent += 1
             elif isinstance(p, Pli):
                 self.plis += 1
-                self.on_pli()
+                now = time.monotonic()
+                if now - self._last_pli >= 0.5:  # one answer per 0.5 s, however many PLIs
+                    self._last_pli = now
+                    self.on_pli(self)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -187,13 +199,13 @@ class RtpViewer:
 class RtpOutput:
     """Shared sink of one stream (or variant) for one AAC payload format (``hbr``/``latm``)."""
 
-    def __init__(self, stream: Stream, aac_mode: str = "hbr") -> None:
+    def __init__(self, stream: Stream, aac_mode: str = "hbr", mtu: int = MTU) -> None:
         self.stream = stream
         self.aac_mode = aac_mode
         self.viewers: list[RtpViewer] = []
-        self._h264 = H264Packetizer(mtu=MTU)
-        self._hbr = rtp_aac.AacHbrPacketizer(mtu=MTU)
-        self._latm = rtp_aac.LatmPacketizer(mtu=MTU)
+        self._h264 = H264Packetizer(mtu=mtu)
+        self._hbr = rtp_aac.AacHbrPacketizer(mtu=mtu)
+        self._latm = rtp_aac.LatmPacketizer(mtu=mtu)
         self._sets: dict[bytes, tuple[int, list[bytes]]] = {}  # avcC -> NAL length, SPS + PPS
         #: packetized since the latest video keyframe (audio only: the latest packet), for a
         #: joining viewer: made once, like every packet
@@ -241,6 +253,18 @@ class RtpOutput:
             self.stream.request_keyframe()
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(SR_INTERVAL, self._reports)
+
+    def keyframe_for(self, track: ViewerTrack) -> None:
+        """A viewer's PLI: the publisher makes a keyframe if it can (WebRTC, RTP with
+        feedback); else the cached GOP is sent to that viewer again, its timestamps squeezed
+        just after what it last got, so its picture comes back at once and time goes on."""
+        if track.kind != "video" or self.stream.request_keyframe():
+            return
+        video = [(payloads, key) for kind, payloads, key in self.gop if kind == "video"]
+        base = track._last_raw
+        for i, (payloads, key) in enumerate(video):
+            ts = (base + i + 1) & 0xFFFFFFFF
+            track.send([RtpPayload(p.payload, p.marker, ts) for p in payloads], key)
 
     def remove(self, viewer: RtpViewer) -> None:
         if viewer in self.viewers:

@@ -20,7 +20,7 @@ from ...media import Frame, Track
 from ...wire.rtp import aac as rtp_aac
 from ...wire.rtp import opus as rtp_opus
 from ...wire.rtp.clock import RtpClock
-from ...wire.rtp.h264 import H264Depacketizer
+from ...wire.rtp.h264 import H264Depacketizer, parse_sprop_parameter_sets
 from ...wire.rtp.jitter import JitterBuffer
 from ...wire.rtp.packet import (
     Pli,
@@ -79,12 +79,29 @@ class RtpTrack:
         clock.add(self.kind, codec.clock_rate)
         if name == "h264":
             self._h264 = H264Depacketizer()
+            self._sprop(codec)
         elif name == "aac":
             self._aac = self._aac_depacketizer(codec)
         elif name == "opus":
             self.track = Track("audio", "opus", sample_rate=48000, channels=codec.channels or 2)
         else:
             raise TrackError(f"{self.kind}: no RTP ingest for {name}")
+
+    def _sprop(self, codec: Codec) -> None:
+        """SPS/PPS the SDP carries (``sprop-parameter-sets``): the track is known before the
+        first in-band ones, which a device may never send."""
+        value = codec.fmtp.get("sprop-parameter-sets")
+        if not value:
+            return
+        try:
+            nals = parse_sprop_parameter_sets(value)
+            sps = [n for n in nals if h264.nal_type(n) == h264.NAL_SPS]
+            pps = [n for n in nals if h264.nal_type(n) == h264.NAL_PPS]
+            if sps and pps:
+                self.track = _h264_track(sps, pps)
+        except (RtpPayloadError, h264.H264Error) as e:
+            log.warning("%s: sprop-parameter-sets ignored (%s); waiting for in-band SPS/PPS",
+                        self.label, e)
 
     def _aac_depacketizer(self, codec: Codec) -> rtp_aac.AacHbrDepacketizer | rtp_aac.LatmDepacketizer:
         try:
@@ -162,12 +179,8 @@ class RtpTrack:
         sps = [n for n, t in zip(nals, types, strict=True) if t == h264.NAL_SPS]
         pps = [n for n, t in zip(nals, types, strict=True) if t == h264.NAL_PPS]
         if sps and pps:
-            config = h264.build_avc_config(sps, pps)
-            if self.track is None or self.track.config != config:
-                info = h264.parse_sps(sps[0])
-                self.track = Track("video", "h264", config, width=info.width,
-                                   height=info.height, frame_rate=info.frame_rate or 0.0,
-                                   profile=info.profile, level=info.level)
+            if self.track is None or self.track.config != h264.build_avc_config(sps, pps):
+                self.track = _h264_track(sps, pps)
         if self.track is None or (self._need_key and not idr):
             return  # no parameter sets yet, or frames lost: wait for a keyframe
         body = [n for n, t in zip(nals, types, strict=True)
@@ -188,6 +201,13 @@ class RtpTrack:
         self._last_pts = pts
         self.frames += 1
         self.deliver(Frame(self.track, data, pts, pts, self.time_base, keyframe))
+
+
+def _h264_track(sps: list[bytes], pps: list[bytes]) -> Track:
+    info = h264.parse_sps(sps[0])
+    return Track("video", "h264", h264.build_avc_config(sps, pps), width=info.width,
+                 height=info.height, frame_rate=info.frame_rate or 0.0, profile=info.profile,
+                 level=info.level)
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):

@@ -42,8 +42,9 @@ class RtpPlay:
     """One RTP viewer: what it takes, where it goes, and its ``Player`` session."""
 
     def __init__(self, sessions: Sessions, key: str, peer_addr: str,
-                 query: Mapping[str, str]) -> None:
+                 query: Mapping[str, str], mtu: int = 1200) -> None:
         self.sessions = sessions
+        self.mtu = mtu
         self.key = key
         self.peer = peer_addr
         self.peer_host = peer_addr.rsplit(":", 1)[0].strip("[]")
@@ -94,7 +95,7 @@ class RtpPlay:
                                               for k in {"video", "audio", *ordered}})
 
         self.player = await self.sessions.play(
-            self.key, target, self.peer, self.query, lambda s: RtpOutput(s, self._aac_mode()),
+            self.key, target, self.peer, self.query, lambda s: RtpOutput(s, self._aac_mode(), self.mtu),
             # one output per AAC payload format (AAC-hbr, LATM), known once planned
             sink_key=lambda: ("rtp", self._aac_mode()), protocol="udp")
         return await self._attach(ports)
@@ -115,7 +116,7 @@ class RtpPlay:
                 _, rtp_sock, rtcp_sock = ports.allocate(m.rtcp_mux)
                 vt = ViewerTrack(kind, codec.pt, (m.address, m.port), (m.address, m.rtcp_port),
                                  codec.clock_rate, f"udp {self.peer} {self.key} {kind}",
-                                 media.request_keyframe)
+                                 output.keyframe_for)
                 tracks[kind] = vt
                 await loop.create_datagram_endpoint(_same(vt), sock=rtp_sock)
                 if rtcp_sock is not None:  # its RTCP in (NACK, PLI); sender reports go from it

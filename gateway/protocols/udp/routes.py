@@ -195,7 +195,7 @@ async def play_post(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     desc = await _description(request)
     live = request.app[SESSIONS]
-    session = RtpPlay(ctx.sessions, key, peer(request), query(request))
+    session = RtpPlay(ctx.sessions, key, peer(request), query(request), ctx.config.rtp_mtu)
     try:
         text = await session.start(desc, request.app[PORTS])
     except Refusal as e:
