@@ -308,24 +308,27 @@ def test_a_bad_static_input_is_a_config_error() -> None:
 
 
 class _LossyRelay:
-    """A test-side UDP relay (publisher -> gateway) that drops and reorders RTP packets."""
+    """A test-side UDP relay (publisher -> gateway) that drops and reorders RTP packets; RTCP
+    (port + 1) passes both ways, and what the gateway sends back (PLIs) is counted."""
 
-    def __init__(self, targets: dict[int, int], drop: float, reorder: float,
-                 seed: int = 7) -> None:
+    def __init__(self, targets: list[int], drop: float, reorder: float, seed: int = 7) -> None:
         import random
         import threading
 
         self.rng = random.Random(seed)
         self.drop, self.reorder = drop, reorder
         self.socks: dict[socket.socket, int] = {}
-        self.ports: dict[int, int] = {}  # gateway port -> relay port
+        self.ports: dict[int, int] = {}  # gateway RTP port -> relay RTP port (RTCP: both + 1)
         for target in targets:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", 0))
-            s.settimeout(0.05)
-            self.socks[s] = target
-            self.ports[target] = s.getsockname()[1]
-        self.dropped = self.reordered = self.sent = 0
+            port = _free_even_port_pair()
+            for offset in (0, 1):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind(("127.0.0.1", port + offset))
+                s.settimeout(0.05)
+                self.socks[s] = target + offset
+            self.ports[target] = port
+        self.dropped = self.reordered = self.sent = self.feedback = 0
+        self._publisher: dict[int, tuple[str, int]] = {}
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(s, t), daemon=True)
                          for s, t in self.socks.items()]
@@ -336,10 +339,13 @@ class _LossyRelay:
         held: bytes | None = None
         while not self._stop.is_set():
             try:
-                data = sock.recv(65536)
+                data, addr = sock.recvfrom(65536)
             except TimeoutError:
                 continue
-            if data[1] < 192 or data[1] > 223:  # RTP (RTCP passes as it is)
+            if addr[1] == target:  # from the gateway (a PLI): counted, not passed on
+                self.feedback += 1
+                continue
+            if len(data) > 1 and not 192 <= data[1] <= 223:  # RTP (RTCP passes as it is)
                 if self.rng.random() < self.drop:
                     self.dropped += 1
                     continue
@@ -362,32 +368,37 @@ class _LossyRelay:
 
 
 def test_rtp_publish_survives_loss_and_reordering(gateway: RunningGateway, tmp_path: Path) -> None:
-    """1% of the RTP packets lost, 5% reordered, on the way from the FFmpeg CLI: the stream
-    stays up, what reaches viewers decodes without an error (a picture after a loss waits for
-    the next keyframe), and the reordered packets were put back in order."""
-    status, answer, _ = asyncio.run(
-        _post(gateway.http_url("live/lossy/rtp/publish"), _sdp_of("aac", tmp_path)))
+    """2% of the RTP packets lost and 5% reordered for 20 s on the way from the FFmpeg CLI: the
+    stream stays up, what reaches viewers decodes without an error (a picture after a loss
+    waits for the next keyframe), the reordered packets were put back in order, and the
+    publisher, whose SDP takes feedback, was sent PLIs."""
+    sdp = _sdp_of("aac", tmp_path).replace("a=rtpmap:96 H264/90000",
+                                          "a=rtpmap:96 H264/90000\na=rtcp-fb:96 nack pli")
+    status, answer, _ = asyncio.run(_post(gateway.http_url("live/lossy/rtp/publish"), sdp))
     assert status == 201, answer
     ports = {m.kind: m.port for m in rtp_sdp.parse(answer).media}
-    relay = _LossyRelay({p: 0 for p in (ports["video"], ports["audio"])}, drop=0.01,
-                        reorder=0.05)
+    relay = _LossyRelay([ports["video"], ports["audio"]], drop=0.02, reorder=0.05)
     pub = subprocess.Popen(_ffmpeg_rtp(relay.ports[ports["video"]], relay.ports[ports["audio"]],
-                                       "aac", 12), stdin=subprocess.DEVNULL,
+                                       "aac", 20), stdin=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
     try:
         gateway.wait_stream("live/lossy")
         out = tmp_path / "lossy.flv"
-        r = capture(gateway.http_url("live/lossy.flv"), out, 5.0)
+        r = capture(gateway.http_url("live/lossy.flv"), out, 8.0)
         assert r.returncode == 0, r.stderr
         got = probe(out)
         assert got.codecs == {"video": "h264", "audio": "aac"}
         assert not got.decode_errors, got.decode_errors
-        assert len(got.video_dts) >= 25, len(got.video_dts)  # at least a GOP a few times over
+        assert len(got.video_dts) >= 25, len(got.video_dts)  # pictures between the losses
         assert relay.dropped > 0 and relay.reordered > 0, (relay.dropped, relay.reordered)
-        assert "live/lossy" in gateway.gw.hub.streams
+        assert pub.wait(30) == 0  # the publisher ran its 20 s; the stream never went away
+        session = next(s for s in gateway.call(gateway.gw.ctx.sessions.stats)
+                       if s["key"] == "live/lossy")
+        assert session["plis"] > 0 and relay.feedback > 0, (session, relay.feedback)
     finally:
-        pub.terminate()
-        pub.wait(10)
+        if pub.poll() is None:
+            pub.terminate()
+            pub.wait(10)
         relay.close()
 
 
