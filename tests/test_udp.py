@@ -441,10 +441,11 @@ def test_a_lost_video_packet_asks_the_publisher_for_a_keyframe(gateway: RunningG
     assert pub["plis"] == 1, pub
 
 
-def test_rtp_publisher_is_watched_with_whep_and_jsmpeg(gateway: RunningGateway,
+@pytest.mark.parametrize("audio", ["opus", "aac"])
+def test_rtp_publisher_is_watched_with_whep_and_jsmpeg(gateway: RunningGateway, audio: str,
                                                        tmp_path: Path) -> None:
-    """H.264 + Opus over RTP: a WHEP viewer (aiortc, decoding) gets both as they are, a jsmpeg
-    viewer gets its MPEG-1 + MP2 variant."""
+    """H.264 + Opus (or AAC) over RTP: a WHEP viewer (aiortc, decoding) gets the H.264 as it
+    is and Opus (as it is, or from the AAC), a jsmpeg viewer its MPEG-1 + MP2 variant."""
     import av
     from test_whip_whep import first_frames
 
@@ -453,10 +454,10 @@ def test_rtp_publisher_is_watched_with_whep_and_jsmpeg(gateway: RunningGateway,
     from flvcheck import ws_collect
 
     status, answer, _ = asyncio.run(
-        _post(gateway.http_url("live/rtpweb/rtp/publish"), _sdp_of("opus", tmp_path)))
+        _post(gateway.http_url("live/rtpweb/rtp/publish"), _sdp_of(audio, tmp_path)))
     assert status == 201, answer
     ports = {m.kind: m.port for m in rtp_sdp.parse(answer).media}
-    pub = subprocess.Popen(_ffmpeg_rtp(ports["video"], ports["audio"], "opus", 15),
+    pub = subprocess.Popen(_ffmpeg_rtp(ports["video"], ports["audio"], audio, 15),
                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         gateway.wait_stream("live/rtpweb")
