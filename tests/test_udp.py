@@ -48,6 +48,20 @@ def _sdp_of(audio: str, tmp_path: Path) -> str:
     return sdp.read_text()
 
 
+def _h264_nals(tmp_path: Path) -> dict[int, list[bytes]]:
+    """NAL units of three 64x64 pictures from libx264 (SPS, PPS, IDR, slices), by type."""
+    from gateway.codecs import h264 as h264_codec
+
+    raw = tmp_path / "x.h264"
+    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc2=size=64x64:rate=10", "-frames:v", "3", "-c:v", "libx264", "-bf",
+                    "0", "-f", "h264", str(raw)], check=True, timeout=30)
+    by_type: dict[int, list[bytes]] = {}
+    for n in h264_codec.split_annexb(raw.read_bytes()):
+        by_type.setdefault(h264_codec.nal_type(n), []).append(n)
+    return by_type
+
+
 async def _post(url: str, body: str, ctype: str = "application/sdp") -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as http:
         async with http.post(url, data=body, headers={"Content-Type": ctype}) as r:
@@ -406,17 +420,9 @@ def test_a_lost_video_packet_asks_the_publisher_for_a_keyframe(gateway: RunningG
                                                                tmp_path: Path) -> None:
     """A publisher whose SDP takes feedback (``a=rtcp-fb ... pli``) gets an RTCP PLI at its
     RTCP address when a video packet is lost (RFC 4585)."""
-    from gateway.codecs import h264 as h264_codec
     from gateway.wire.rtp.packet import Pli, RtpPacket, SenderReport, compound, parse_rtcp
 
-    raw = tmp_path / "x.h264"
-    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-f", "lavfi", "-i",
-                    "testsrc2=size=64x64:rate=10", "-frames:v", "3", "-c:v", "libx264", "-bf",
-                    "0", "-f", "h264", str(raw)], check=True, timeout=30)
-    nals = h264_codec.split_annexb(raw.read_bytes())
-    by_type: dict[int, list[bytes]] = {}
-    for n in nals:
-        by_type.setdefault(h264_codec.nal_type(n), []).append(n)
+    by_type = _h264_nals(tmp_path)
     sdp = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
            "m=video 5004 RTP/AVPF 96\r\na=rtpmap:96 H264/90000\r\n"
            "a=fmtp:96 packetization-mode=1\r\na=rtcp-fb:96 nack pli\r\n")
@@ -574,17 +580,10 @@ def test_a_viewers_pli_is_answered_from_the_gop_cache(gateway: RunningGateway,
 def test_sps_and_pps_from_the_sdp(gateway: RunningGateway, tmp_path: Path) -> None:
     """A publisher that sends SPS/PPS only in its SDP (``sprop-parameter-sets``), never in
     band: its video is known from the SDP and its first IDR goes out."""
-    from gateway.codecs import h264 as h264_codec
     from gateway.wire.rtp.h264 import format_sprop_parameter_sets
     from gateway.wire.rtp.packet import RtpPacket
 
-    raw = tmp_path / "x.h264"
-    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-f", "lavfi", "-i",
-                    "testsrc2=size=64x64:rate=10", "-frames:v", "3", "-c:v", "libx264", "-bf",
-                    "0", "-f", "h264", str(raw)], check=True, timeout=30)
-    by_type: dict[int, list[bytes]] = {}
-    for n in h264_codec.split_annexb(raw.read_bytes()):
-        by_type.setdefault(h264_codec.nal_type(n), []).append(n)
+    by_type = _h264_nals(tmp_path)
     sprop = format_sprop_parameter_sets([by_type[7][0], by_type[8][0]])
     sdp = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
            "m=video 5004 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"

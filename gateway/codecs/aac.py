@@ -19,6 +19,7 @@ __all__ = [
     "AacError",
     "AdtsHeader",
     "AudioSpecificConfig",
+    "BitReader",
     "adts_header_for",
     "asc_from_adts",
     "build_adts_header",
@@ -49,30 +50,40 @@ _CONFIG_OF_CHANNELS = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 8: 7, 7: 11, 24: 13}
 ADTS_HEADER_SIZE = 7
 
 
-class _Bits:
-    """MSB-first bit reader; running out of data is an ``AacError``."""
+class BitReader:
+    """MSB-first bit reader; running out of data raises ``error`` (``AacError`` here, the
+    caller's own type elsewhere: RTP payload formats read AU headers and LATM with it)."""
 
-    __slots__ = ("_size", "_value", "pos")
+    __slots__ = ("_error", "_size", "_value", "_what", "pos")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, error: type[ValueError] = AacError,
+                 what: str = "AudioSpecificConfig") -> None:
         self._value = int.from_bytes(data, "big")
         self._size = len(data) * 8
+        self._error = error
+        self._what = what  # named in the error: "<what> truncated"
         self.pos = 0
 
     def u(self, n: int) -> int:
         end = self.pos + n
         if end > self._size:
-            raise AacError("AudioSpecificConfig truncated")
+            raise self._error(f"{self._what} truncated")
         self.pos = end
         return (self._value >> (self._size - end)) & ((1 << n) - 1)
 
+    def take(self, n: int) -> bytes:
+        """``n`` bits as bytes, zero-padded at the end."""
+        value = self.u(n)
+        pad = -n % 8
+        return (value << pad).to_bytes((n + pad) // 8, "big")
 
-def _object_type(bits: _Bits) -> int:
+
+def _object_type(bits: BitReader) -> int:
     aot = bits.u(5)
     return 32 + bits.u(6) if aot == 31 else aot
 
 
-def _sample_rate(bits: _Bits) -> int:
+def _sample_rate(bits: BitReader) -> int:
     index = bits.u(4)
     if index == 15:
         rate = bits.u(24)
@@ -110,7 +121,7 @@ class AudioSpecificConfig:
 
 def parse_asc(data: bytes) -> AudioSpecificConfig:
     """Parse the leading fields of an AudioSpecificConfig (codec-specific tail ignored)."""
-    bits = _Bits(bytes(data))
+    bits = BitReader(bytes(data))
     object_type = _object_type(bits)
     if object_type == 0:
         raise AacError("audioObjectType 0 (null)")

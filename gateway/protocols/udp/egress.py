@@ -84,7 +84,7 @@ class ViewerTrack(asyncio.DatagramProtocol):
         self.resent = 0
         self.plis = 0
         self._last_ts = 0
-        self._last_raw = 0  # the shared timestamp (before this viewer's offset) last sent
+        self.last_timestamp = 0  # the shared timestamp (before this viewer's offset) last sent
         self._last_at = 0.0
         self._last_pli = 0.0
 
@@ -114,7 +114,7 @@ class ViewerTrack(asyncio.DatagramProtocol):
             self.packets += 1
             self.octets += len(p.payload)
             self._last_ts = ts
-            self._last_raw = p.timestamp
+            self.last_timestamp = p.timestamp
         self._last_at = time.monotonic()
 
     def transmit(self, packet: bytes) -> None:
@@ -261,7 +261,7 @@ class RtpOutput:
         if track.kind != "video" or self.stream.request_keyframe():
             return
         video = [(payloads, key) for kind, payloads, key in self.gop if kind == "video"]
-        base = track._last_raw
+        base = track.last_timestamp
         for i, (payloads, key) in enumerate(video):
             ts = (base + i + 1) & 0xFFFFFFFF
             track.send([RtpPayload(p.payload, p.marker, ts) for p in payloads], key)
@@ -309,10 +309,9 @@ class RtpOutput:
             return "video", self._h264.packetize(nals, ts, sets if frame.keyframe else ()), \
                 frame.keyframe
         if track.codec == "aac":
-            packer = self._latm if self.aac_mode == "latm" else self._hbr
-            payloads = (packer.packetize(frame.data, ts) if isinstance(packer,
-                        rtp_aac.LatmPacketizer) else packer.packetize([frame.data], ts))
-            return "audio", payloads, True
+            if self.aac_mode == "latm":
+                return "audio", self._latm.packetize(frame.data, ts), True
+            return "audio", self._hbr.packetize([frame.data], ts), True
         if track.codec == "opus":
             return "audio", [rtp_opus.packetize(frame.data, ts, marker=False)], True
         return None

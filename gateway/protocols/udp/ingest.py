@@ -17,6 +17,7 @@ from ...codecs import aac as aac_codec
 from ...codecs import h264
 from ...hub.stream import Stream
 from ...media import Frame, Track
+from ...planner import Matrix, negotiate_publish
 from ...wire.rtp import aac as rtp_aac
 from ...wire.rtp import opus as rtp_opus
 from ...wire.rtp.clock import RtpClock
@@ -34,12 +35,12 @@ from ...wire.rtp.packet import (
     parse_rtp,
 )
 from ...wire.rtp.payload import RtpPayloadError
-from ...wire.rtp.session import RtpMedia, aac_mode
+from ...wire.rtp.session import RtpDescription, RtpMedia, aac_mode
 from ...wire.sdp import Codec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RtpTrack", "TrackError", "UdpEndpoint"]
+__all__ = ["RtpTrack", "TrackError", "UdpEndpoint", "choose", "push_to"]
 
 
 PLI_SSRC = 0x6D677731  # the gateway's SSRC in the feedback it sends a publisher
@@ -65,7 +66,8 @@ class RtpTrack:
         self.track: Track | None = None
         self.packets = 0
         self.frames = 0
-        self.errors = 0
+        self.errors = 0  # payloads the depacketizer refused
+        self.malformed = 0  # datagrams that were not RTP / RTCP
         self._last_pts: int | None = None
         self._need_key = True
         #: puts reordered packets back in order (bounded: 0.2 s, 1024 packets); a gap it gives
@@ -122,6 +124,32 @@ class RtpTrack:
         self.track = Track("audio", "aac", asc, sample_rate=info.sample_rate,
                            channels=info.channels or 2)
         return depack
+
+    def datagram(self, data: bytes, arrival: float, transport: asyncio.DatagramTransport,
+                 addr: tuple[str | bytes, int], rtp: bool = True) -> bool:
+        """One datagram of this track's port(s): RTCP (its sender reports align the clock,
+        its source is where PLIs go) or, when ``rtp``, RTP of its payload type. True when an
+        RTP packet was taken; malformed ones are dropped and counted."""
+        try:
+            if is_rtcp(data):  # never taken for RTP, even the first (RFC 5761)
+                self.rtcp_to = (transport, addr)
+                for p in parse_rtcp(data):
+                    if isinstance(p, SenderReport):
+                        self.clock.sender_report(self.kind, p.ntp_time, p.rtp_time)
+                return False
+            if not rtp:
+                return False
+            packet = parse_rtp(data)
+        except (RtpError, RtcpError) as e:
+            self.malformed += 1
+            if self.malformed == 1 or self.malformed % 100 == 0:
+                log.warning("%s: malformed datagram dropped (%s; %d so far)", self.label, e,
+                            self.malformed)
+            return False
+        if packet.payload_type != self.codec.pt:
+            return False
+        self.receive(packet, arrival)
+        return True
 
     def receive(self, packet: RtpPacket, arrival: float) -> None:
         """One RTP packet as it came: through the jitter buffer, then depacketized."""
@@ -211,7 +239,8 @@ def _h264_track(sps: list[bytes], pps: list[bytes]) -> Track:
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    """The socket of one track's RTP (and of its RTCP when muxed), or of its RTCP alone."""
+    """The socket of one track's RTP (and of its RTCP when muxed), or of its RTCP alone;
+    ``peer_host`` (when set) is the only host it takes datagrams from."""
 
     def __init__(self, track: RtpTrack, peer_host: str, on_packet: Callable[[], None],
                  rtcp_only: bool = False) -> None:
@@ -221,7 +250,6 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.rtcp_only = rtcp_only
         self.transport: asyncio.DatagramTransport | None = None
         self.foreign = 0  # datagrams from another host, dropped
-        self.malformed = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -233,31 +261,34 @@ class UdpEndpoint(asyncio.DatagramProtocol):
                 log.warning("%s: RTP from %s, not the publisher's host %s: dropped (counted)",
                             self.track.label, addr[0], self.peer_host)
             return
-        arrival = time.monotonic()
-        try:
-            if is_rtcp(data):
-                if self.transport is not None:
-                    self.track.rtcp_to = (self.transport, addr)
-                for p in parse_rtcp(data):
-                    if isinstance(p, SenderReport):
-                        self.track.clock.sender_report(self.track.kind, p.ntp_time, p.rtp_time)
-                return
-            if self.rtcp_only:
-                return
-            packet = parse_rtp(data)
-            if packet.payload_type != self.track.codec.pt:
-                return
+        assert self.transport is not None
+        if self.track.datagram(data, time.monotonic(), self.transport, addr,
+                               rtp=not self.rtcp_only):
             self.on_packet()
-            self.track.receive(packet, arrival)
-        except (RtpError, RtcpError) as e:
-            self.malformed += 1
-            if self.malformed == 1 or self.malformed % 100 == 0:
-                log.warning("%s: malformed datagram dropped (%s; %d so far)", self.track.label,
-                            e, self.malformed)
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def choose(matrix: Matrix, desc: RtpDescription) -> list[tuple[RtpMedia, Codec, str]]:
+    """Per kind, the payload type to take: the matrix's order among what the SDP offers;
+    ``TrackError`` when there is none."""
+    kinds = desc.kinds()
+    offers = {k: [name for _, name in m.usable()] for k, m in kinds.items()}
+    chosen = negotiate_publish(matrix, "udp", offers)
+    out = []
+    for kind, m in kinds.items():
+        name = chosen.get(kind)
+        codec = next((c for c, n in m.usable() if n == name), None)
+        if name is not None and codec is not None:
+            out.append((m, codec, name))
+    if not out:
+        offered = {k: [c.name for c in m.codecs] for k, m in kinds.items()}
+        raise TrackError(f"no codec the gateway takes over RTP was offered (got {offered}; "
+                         "want H264, and Opus or AAC as mpeg4-generic AAC-hbr or MP4A-LATM "
+                         "cpresent=0)")
+    return out
 
 
 def push_to(stream: Stream) -> Callable[[Frame], None]:

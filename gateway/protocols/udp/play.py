@@ -4,12 +4,10 @@ to the client's ports) that ffplay, VLC or GStreamer open as is."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Mapping
-from typing import TypeVar
 
 from ... import planner
 from ...codecs import aac as aac_codec
@@ -21,9 +19,8 @@ from ...wire.rtp import aac as rtp_aac
 from ...wire.rtp.h264 import format_sprop_parameter_sets, profile_level_id
 from ...wire.rtp.session import RtpDescription, RtpMedia, aac_mode, gateway_codec
 from ...wire.sdp import Codec
-from .egress import RtcpIn as _RtcpIn
-from .egress import RtpOutput, RtpViewer, ViewerTrack
-from .ports import PortRange, PortsExhausted
+from .egress import RtcpIn, RtpOutput, RtpViewer, ViewerTrack
+from .ports import PortRange, PortsExhausted, open_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +106,6 @@ class RtpPlay:
         player = self.player
         assert player is not None and player.media is not None and player.sink is not None
         media, output = player.media, player.sink
-        loop = asyncio.get_running_loop()
         tracks: dict[str, ViewerTrack] = {}
         try:
             for kind, (m, codec) in self.chosen.items():
@@ -118,10 +114,10 @@ class RtpPlay:
                                  codec.clock_rate, f"udp {self.peer} {self.key} {kind}",
                                  output.keyframe_for)
                 tracks[kind] = vt
-                await loop.create_datagram_endpoint(_same(vt), sock=rtp_sock)
+                await open_endpoint(vt, sock=rtp_sock)
                 if rtcp_sock is not None:  # its RTCP in (NACK, PLI); sender reports go from it
-                    vt.rtcp = _RtcpIn(vt)
-                    await loop.create_datagram_endpoint(_same(vt.rtcp), sock=rtcp_sock)
+                    vt.rtcp = RtcpIn(vt)
+                    await open_endpoint(vt.rtcp, sock=rtcp_sock)
         except PortsExhausted as e:
             for t in tracks.values():
                 t.close()
@@ -172,11 +168,6 @@ class RtpPlay:
             self.on_close()
 
 
-P = TypeVar("P", bound=asyncio.BaseProtocol)
-
-
-def _same(protocol: P) -> Callable[[], P]:
-    return lambda: protocol
 
 
 def _codec_lines(codec: Codec, track: Track | None, planned: Mapping[str, object]) -> list[str]:

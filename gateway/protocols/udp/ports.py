@@ -3,9 +3,21 @@ one (or muxed on the same), bound before they are announced in an answer."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from typing import TypeVar
 
-__all__ = ["PortRange", "PortsExhausted"]
+__all__ = ["PortRange", "PortsExhausted", "open_endpoint"]
+
+P = TypeVar("P", bound=asyncio.DatagramProtocol)
+
+
+async def open_endpoint(protocol: P, *, sock: socket.socket | None = None,
+                        local_addr: tuple[str, int] | None = None) -> asyncio.DatagramTransport:
+    """Serve ``protocol`` (an existing object) on a bound socket or a local address."""
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: protocol, sock=sock, local_addr=local_addr)
+    return transport
 
 
 class PortsExhausted(RuntimeError):

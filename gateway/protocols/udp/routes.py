@@ -18,19 +18,18 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from aiohttp import web
 
-from ... import planner
 from ...hub.sessions import Code, Publisher, Refusal, Sessions
 from ...web.common import CORS, CTX, peer, query, refused, stream_key
 from ...wire.rtp.clock import RtpClock
 from ...wire.rtp.session import RtpDescription, RtpMedia, answer, parse
 from ...wire.sdp import Codec, SdpError
-from .ingest import RtpTrack, TrackError, UdpEndpoint, push_to
+from .ingest import RtpTrack, TrackError, UdpEndpoint, choose, push_to
 from .play import RtpPlay
-from .ports import PortRange, PortsExhausted
+from .ports import PortRange, PortsExhausted, open_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +53,17 @@ class RtpPublish:
         self.tracks: list[RtpTrack] = []
         self.closed = False
 
-    def choose(self, desc: RtpDescription) -> list[tuple[RtpMedia, Codec, str]]:
-        """Per kind, the payload type to take: the matrix's order among what the SDP offers."""
-        kinds = desc.kinds()
-        offers = {k: [name for _, name in m.usable()] for k, m in kinds.items()}
-        chosen = planner.negotiate_publish(self.sessions.matrix, "udp", offers)
-        out = []
-        for kind, m in kinds.items():
-            name = chosen.get(kind)
-            codec = next((c for c, n in m.usable() if n == name), None)
-            if name is not None and codec is not None:
-                out.append((m, codec, name))
-        if not out:
-            offered = {k: [c.name for c in m.codecs] for k, m in kinds.items()}
-            raise Refusal(Code.UNSUPPORTED, f"no codec the gateway takes over RTP was offered "
-                                            f"(got {offered}; want H264, and Opus or AAC as "
-                                            "mpeg4-generic AAC-hbr or MP4A-LATM cpresent=0)")
-        return out
-
     async def start(self, desc: RtpDescription, ports: PortRange, local: str) -> str:
         """Claim the key, bind a port (pair) per track, return the answer SDP."""
-        chosen = self.choose(desc)
+        try:
+            chosen = choose(self.sessions.matrix, desc)
+        except TrackError as e:
+            raise Refusal(Code.UNSUPPORTED, str(e)) from None
         self.publisher = await self.sessions.publish(self.key, "udp", self.peer, self.query,
                                                      kick=self._kicked)
         stream = self.publisher.stream
         assert stream is not None
         self.publisher.counters = self._counters
-        loop = asyncio.get_running_loop()
         answered: list[tuple[RtpMedia, Codec, int]] = []
         try:
             for media, codec, name in chosen:
@@ -92,7 +75,7 @@ class RtpPublish:
                         continue
                     endpoint = UdpEndpoint(track, self.peer_host, self.publisher.touch,
                                            rtcp_only)
-                    await loop.create_datagram_endpoint(_factory(endpoint), sock=sock)
+                    await open_endpoint(endpoint, sock=sock)
                     self.endpoints.append(endpoint)
                 self.tracks.append(track)
                 answered.append((media, codec, port))
@@ -105,7 +88,7 @@ class RtpPublish:
         video = next((t for t in self.tracks if t.kind == "video"), None)
         if video is not None and video.feedback:
             stream.keyframe_hook = video.request_keyframe  # a viewer's PLI reaches the publisher
-        loop.call_later(0.05, self._poll)
+        asyncio.get_running_loop().call_later(0.05, self._poll)
         return answer(local, abs(hash(self.id)) % (1 << 31), answered, "recvonly")
 
     def _poll(self) -> None:
@@ -118,12 +101,12 @@ class RtpPublish:
         asyncio.get_running_loop().call_later(0.05, self._poll)
 
     def _counters(self) -> dict[str, object]:
-        return {"bytes_in": self.publisher.stream.bytes_in if self.publisher and
-                self.publisher.stream else 0,
+        stream = self.publisher.stream if self.publisher is not None else None
+        return {"bytes_in": stream.bytes_in if stream is not None else 0,
                 "packets": sum(t.packets for t in self.tracks),
                 "plis": sum(t.plis for t in self.tracks),
                 "foreign": sum(e.foreign for e in self.endpoints),
-                "malformed": sum(e.malformed for e in self.endpoints)}
+                "malformed": sum(t.malformed for t in self.tracks)}
 
     def _kicked(self, reason: str) -> None:
         self.close(reason)
@@ -137,10 +120,6 @@ class RtpPublish:
         if self.publisher is not None:
             self.sessions.unpublish(self.publisher, f"RTP session ended: {reason}")
         log.info("udp %s %s: ended: %s", self.peer, self.key, reason)
-
-
-def _factory(endpoint: UdpEndpoint) -> Callable[[], UdpEndpoint]:
-    return lambda: endpoint
 
 
 SESSIONS: web.AppKey[dict[str, RtpPublish | RtpPlay]] = web.AppKey("udp_sessions", dict)

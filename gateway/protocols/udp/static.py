@@ -14,10 +14,11 @@ from ...config import Config, ConfigError
 from ...hub.sessions import Publisher, Refusal, Sessions
 from ...wire.mpegts import TsDemuxer, TsError
 from ...wire.rtp.clock import RtpClock
-from ...wire.rtp.packet import RtcpError, RtpError, SenderReport, is_rtcp, parse_rtcp, parse_rtp
+from ...wire.rtp.packet import is_rtcp
 from ...wire.rtp.session import RtpMedia, parse
 from ...wire.sdp import Codec, SdpError
-from .ingest import RtpTrack, push_to
+from .ingest import RtpTrack, TrackError, choose, push_to
+from .ports import open_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -160,29 +161,17 @@ class _RtpInput(_Input):
                                         f"{self.label} {m.kind}")
                        for m, codec, name in self.chosen}
 
-    def received(self, kind: str, data: bytes, addr: tuple[str | bytes, int]) -> None:
+    def received(self, kind: str, data: bytes, transport: asyncio.DatagramTransport,
+                 addr: tuple[str | bytes, int]) -> None:
+        if is_rtcp(data) and not self.live:
+            return  # RTCP alone never starts a stream
         arrival = time.monotonic()
 
         def handle() -> None:
             track = self.tracks.get(kind)
-            if track is None:
-                return
-            try:
-                if is_rtcp(data):
-                    for p in parse_rtcp(data):
-                        if isinstance(p, SenderReport):
-                            track.clock.sender_report(kind, p.ntp_time, p.rtp_time)
-                    return
-                packet = parse_rtp(data)
-                if packet.payload_type == track.codec.pt:
-                    track.receive(packet, arrival)
-            except (RtpError, RtcpError) as e:
-                track.errors += 1
-                if track.errors == 1:
-                    log.warning("%s: malformed datagram dropped (%s)", track.label, e)
+            if track is not None:
+                track.datagram(data, arrival, transport, addr)
 
-        if is_rtcp(data) and not self.live:
-            return  # RTCP alone never starts a stream
         self.datagram(handle, f"{addr[0]!s}:{addr[1]}")
 
     def poll(self) -> None:
@@ -201,7 +190,8 @@ class _RtpPort(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
-        self.owner.received(self.kind, data, addr)
+        assert self.transport is not None
+        self.owner.received(self.kind, data, self.transport, addr)
 
 
 class StaticInputs:
@@ -219,12 +209,11 @@ class StaticInputs:
         try:
             for entry in _entries(config, "mpegts_inputs", ("port", "key")):
                 ts = _TsInput(sessions, entry["key"], entry["port"])
-                transport, _ = await loop.create_datagram_endpoint(
-                    _same(ts), local_addr=(config.host, entry["port"]))
-                self.transports.append(transport)
+                self.transports.append(
+                    await open_endpoint(ts, local_addr=(config.host, entry["port"])))
                 self.inputs.append(ts)
             for i, entry in enumerate(_entries(config, "rtp_inputs", ("port", "key", "sdp"))):
-                await self._rtp(loop, config, sessions, entry, f"rtp_inputs[{i}]")
+                await self._rtp(config, sessions, entry, f"rtp_inputs[{i}]")
         except OSError as e:
             self.close()
             raise ConfigError(f"cannot bind a configured UDP input: {e}") from None
@@ -235,27 +224,21 @@ class StaticInputs:
             self._timer = loop.call_later(0.05, self._poll)
         return self
 
-    async def _rtp(self, loop: asyncio.AbstractEventLoop, config: Config, sessions: Sessions,
-                   entry: dict[str, Any], where: str) -> None:
+    async def _rtp(self, config: Config, sessions: Sessions, entry: dict[str, Any],
+                   where: str) -> None:
         try:
             desc = parse(str(entry["sdp"]))
         except SdpError as e:
             raise ConfigError(f"{where}.sdp: {e}") from None
-        chosen = []
-        for m in desc.kinds().values():
-            usable = m.usable()
-            if usable:
-                codec, name = usable[0]
-                chosen.append((m, codec, name))
-        if not chosen:
-            raise ConfigError(f"{where}.sdp: no codec the gateway takes over RTP (H264, Opus, "
-                              "AAC as mpeg4-generic AAC-hbr or MP4A-LATM cpresent=0)")
+        try:
+            chosen = choose(sessions.matrix, desc)
+        except TrackError as e:
+            raise ConfigError(f"{where}.sdp: {e}") from None
         rtp = _RtpInput(sessions, entry["key"], chosen)
         for m, _, _ in chosen:
             for port in sorted({m.port, m.rtcp_port}):
-                transport, _ = await loop.create_datagram_endpoint(
-                    _same(_RtpPort(rtp, m.kind)), local_addr=(config.host, port))
-                self.transports.append(transport)
+                self.transports.append(await open_endpoint(
+                    _RtpPort(rtp, m.kind), local_addr=(config.host, port)))
         self.inputs.append(rtp)
 
     def _poll(self) -> None:
@@ -271,10 +254,3 @@ class StaticInputs:
             t.close()
         for i in self.inputs:
             i.stop("gateway shutting down")
-
-
-P = Any
-
-
-def _same(protocol: P) -> Callable[[], P]:
-    return lambda: protocol

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ...codecs.aac import AacError, parse_asc
+from ...codecs.aac import AacError, BitReader, parse_asc
 from .payload import RtpPayload, RtpPayloadError
 
 __all__ = [
@@ -34,28 +34,9 @@ class AacFrame:
     timestamp: int
 
 
-class _Bits:
+def _bits(data: bytes) -> BitReader:
     """MSB-first reader; running out of bits is an ``RtpPayloadError``."""
-
-    __slots__ = ("_size", "_value", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self._value = int.from_bytes(data, "big")
-        self._size = len(data) * 8
-        self.pos = 0
-
-    def u(self, n: int) -> int:
-        end = self.pos + n
-        if end > self._size:
-            raise RtpPayloadError("bit field truncated")
-        self.pos = end
-        return (self._value >> (self._size - end)) & ((1 << n) - 1)
-
-    def take(self, n: int) -> bytes:
-        """``n`` bits as bytes, zero-padded at the end."""
-        value = self.u(n)
-        pad = -n % 8
-        return (value << pad).to_bytes((n + pad) // 8, "big")
+    return BitReader(data, RtpPayloadError, "bit field")
 
 
 class _Sequence:
@@ -125,7 +106,7 @@ class AacHbrDepacketizer:
         start = 2 + (bits_total + 7) // 8
         if start > len(payload):
             raise RtpPayloadError(f"mpeg4-generic: AU headers of {bits_total} bits truncated")
-        bits = _Bits(payload[2:start])
+        bits = _bits(payload[2:start])
         headers: list[tuple[int, int]] = []
         index = 0
         while bits.pos < bits_total:
@@ -258,12 +239,12 @@ class AacHbrPacketizer:
 # --- RFC 6416 MP4A-LATM, cpresent=0 ----------------------------------------------------------
 
 
-def _latm_value(bits: _Bits) -> int:
+def _latm_value(bits: BitReader) -> int:
     count = bits.u(2) + 1
     return bits.u(8 * count)
 
 
-def _asc_bit_length(bits: _Bits) -> None:
+def _asc_bit_length(bits: BitReader) -> None:
     """Read one AudioSpecificConfig (AAC family) to its end, to learn where it stops."""
 
     def aot() -> int:
@@ -302,7 +283,7 @@ def asc_from_latm_config(value: str) -> bytes:
         raw = bytes.fromhex(value.strip())
     except ValueError as exc:
         raise RtpPayloadError(f"LATM config={value!r} is not hex") from exc
-    bits = _Bits(raw)
+    bits = _bits(raw)
     version = bits.u(1)
     if version and bits.u(1):
         raise RtpPayloadError("LATM: audioMuxVersionA 1 not supported")
@@ -316,7 +297,7 @@ def asc_from_latm_config(value: str) -> bytes:
         length = _latm_value(bits)
         start = bits.pos
         asc = bits.take(length)
-        _asc_bit_length(_Bits(asc))
+        _asc_bit_length(_bits(asc))
         bits.pos = start + length
     else:
         start = bits.pos
@@ -336,7 +317,7 @@ def asc_from_latm_config(value: str) -> bytes:
 def latm_config(asc: bytes) -> str:
     """StreamMuxConfig hex for fmtp ``config=`` (audioMuxVersion 0, one program, one layer,
     one subframe, frameLengthType 0, no other data, no CRC)."""
-    reader = _Bits(bytes(asc))
+    reader = _bits(bytes(asc))
     _asc_bit_length(reader)
     length = reader.pos
     reader.pos = 0
